@@ -1,0 +1,7 @@
+"""`python -m llamacpy` == the `llamacpy` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
