@@ -1,0 +1,177 @@
+"""Per-layer element-wise and attention kernels (numba): RMSNorm, RoPE, causal attention over the KV cache,
+SwiGLU, residual adds.
+
+Owns: the non-matmul math of a llama block, each a single compiled call over a whole batch of tokens
+(no Python loops over heads or tokens). Must not: know about tensors' file types or the model layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(cache=True, nogil=True, fastmath=True)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def round_f16(x):
+    """x rounded to the nearest float16 value (ties to even), returned as float32 (numba has no CPU float16)."""
+    if x == 0.0 or not math.isfinite(x):
+        return np.float32(x)
+    m, e = math.frexp(np.float64(x))  # x = m * 2**e, 0.5 <= |m| < 1; float16 keeps 11 significant bits
+    ulp_exp = max(e - 11, -24)  # below 2**-14 float16 is subnormal with a fixed ulp of 2**-24
+    r = np.rint(np.float64(x) * 2.0 ** (-ulp_exp)) * 2.0 ** ulp_exp
+    if abs(r) > 65504.0:
+        return np.float32(math.copysign(np.inf, x))
+    return np.float32(r)
+
+
+@nb.njit(**_JIT)
+def rms_norm(x, w, eps, out):
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w.   x, out: (n_tokens, n_embd); w: (n_embd,)"""
+    n, d = x.shape
+    for t in range(n):
+        ss = 0.0
+        for i in range(d):
+            v = np.float64(x[t, i])
+            ss += v * v
+        scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for i in range(d):
+            out[t, i] = x[t, i] * scale * w[i]
+
+
+def _inv_freqs(n_rot: int, freq_base: float, freq_factors=None) -> np.ndarray:
+    """base^(-2i/n_rot) / factor_i for i < n_rot/2, the power accumulated in float32 as ggml does."""
+    half = n_rot // 2
+    theta_scale = np.float32(freq_base) ** np.float32(-2.0 / n_rot)
+    inv = np.empty(half, dtype=np.float32)
+    acc = np.float32(1.0)
+    for i in range(half):  # ggml multiplies theta by theta_scale once per pair, in float32
+        inv[i] = acc
+        acc = np.float32(acc * theta_scale)
+    if freq_factors is not None:
+        inv = (inv / np.asarray(freq_factors, dtype=np.float32)[:half]).astype(np.float32)
+    return inv
+
+
+def rope_angles(positions, n_rot: int, freq_base: float, freq_scale: float, freq_factors=None):
+    """cos/sin tables (len(positions), n_rot/2) float32 for the llama (adjacent-pair) rope:
+    theta_i(p) = p * freq_scale * base^(-2i/n_rot) / factor_i. Positions may be negative (context shift)."""
+    inv = _inv_freqs(n_rot, freq_base, freq_factors)
+    theta = (np.asarray(positions, dtype=np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+@nb.njit(**_JIT)
+def rope_inplace(x, n_head, head_dim, n_rot, cos, sin, rows):
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of the first n_rot dims of every head, in place.
+    x: (n_tokens, n_head * head_dim); cos/sin: (n_table, n_rot/2); rows[t]: table row of token t."""
+    n = x.shape[0]
+    half = n_rot // 2
+    for t in range(n):
+        r = rows[t]
+        for h in range(n_head):
+            base = h * head_dim
+            for i in range(half):
+                c = cos[r, i]
+                s = sin[r, i]
+                a = x[t, base + 2 * i]
+                b = x[t, base + 2 * i + 1]
+                x[t, base + 2 * i] = a * c - b * s
+                x[t, base + 2 * i + 1] = a * s + b * c
+
+
+@nb.njit(**_JIT)
+def store_kv(k, v, k_cache, v_cache, start):
+    """Write new keys/values, rounded to f16 as llama.cpp's F16 cache stores them.
+    k: (n_tokens, n_head_kv * head_dim_k); k_cache: (n_head_kv, n_ctx, head_dim_k); cells start..start+n."""
+    n = k.shape[0]
+    n_head_kv, _, dk = k_cache.shape
+    dv = v_cache.shape[2]
+    for t in range(n):
+        for h in range(n_head_kv):
+            for i in range(dk):
+                k_cache[h, start + t, i] = round_f16(k[t, h * dk + i])
+            for i in range(dv):
+                v_cache[h, start + t, i] = round_f16(v[t, h * dv + i])
+
+
+@nb.njit(parallel=True, **_JIT)
+def attention(q, k_cache, v_cache, start, n_head, scale, out):
+    """Causal multi-head attention with grouped-query KV heads.
+    q: (n_tokens, n_head * dk) for tokens at cache cells start..start+n-1 (already written to the cache);
+    k_cache: (n_head_kv, n_ctx, dk); v_cache: (n_head_kv, n_ctx, dv); out: (n_tokens, n_head * dv)."""
+    n = q.shape[0]
+    n_head_kv, _, dk = k_cache.shape
+    dv = v_cache.shape[2]
+    group = n_head // n_head_kv
+    for job in nb.prange(n * n_head):
+        t = job // n_head
+        h = job % n_head
+        kvh = h // group
+        n_kv = start + t + 1
+        scores = np.empty(n_kv, dtype=np.float32)
+        qoff = h * dk
+        mx = -np.inf
+        for j in range(n_kv):
+            s = np.float32(0.0)
+            for i in range(dk):
+                s += q[t, qoff + i] * k_cache[kvh, j, i]
+            s *= scale
+            scores[j] = s
+            if s > mx:
+                mx = s
+        tot = np.float32(0.0)
+        for j in range(n_kv):
+            e = np.float32(math.exp(scores[j] - mx))
+            scores[j] = e
+            tot += e
+        inv = np.float32(1.0) / tot
+        ooff = h * dv
+        for i in range(dv):
+            out[t, ooff + i] = 0.0
+        for j in range(n_kv):
+            p = scores[j] * inv
+            for i in range(dv):
+                out[t, ooff + i] += p * v_cache[kvh, j, i]
+
+
+@nb.njit(**_JIT)
+def shift_kv(k_cache, v_cache, keep, n_discard, n_used, cos, sin, n_rot):
+    """Context shift of one sequence: drop cells keep..keep+n_discard-1, move the later cells down and
+    re-rotate their keys by -n_discard positions (cos/sin: (1, n_rot/2) of that offset), keys re-rounded to f16."""
+    n_head_kv, _, dk = k_cache.shape
+    half = n_rot // 2
+    for h in range(n_head_kv):
+        for j in range(keep + n_discard, n_used):
+            d = j - n_discard
+            for i in range(dk):
+                k_cache[h, d, i] = k_cache[h, j, i]
+            for i in range(v_cache.shape[2]):
+                v_cache[h, d, i] = v_cache[h, j, i]
+            for i in range(half):
+                a = k_cache[h, d, 2 * i]
+                b = k_cache[h, d, 2 * i + 1]
+                k_cache[h, d, 2 * i] = round_f16(a * cos[0, i] - b * sin[0, i])
+                k_cache[h, d, 2 * i + 1] = round_f16(a * sin[0, i] + b * cos[0, i])
+
+
+@nb.njit(**_JIT)
+def swiglu(g, u, out):
+    """out = silu(g) * u.  all (n_tokens, n_ff)"""
+    n, d = g.shape
+    for t in range(n):
+        for i in range(d):
+            x = g[t, i]
+            out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
+
+
+@nb.njit(**_JIT)
+def add_inplace(x, y):
+    """x += y.  (n_tokens, n_embd)"""
+    n, d = x.shape
+    for t in range(n):
+        for i in range(d):
+            x[t, i] += y[t, i]
