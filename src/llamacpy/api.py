@@ -1,0 +1,256 @@
+"""`Llama`: the one public Python entry point, shaped like llama-cpp-python's class so users can switch.
+
+Owns: loading (model + tokenizer from one GGUF), tokenize/detokenize, eval/scores, generate, and the
+OpenAI-shaped `create_completion` / `__call__` (plain or streamed). Chat completion lives in chat.py.
+Must not: implement math or sampling (model.py, sampling.py) or argument parsing (cli_run.py).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ContextError, GGUFError
+from .generation import Session, StopMatcher, Timings
+from .gguf_file import GGUFFile
+from .model import LlamaModel
+from .sampling import Sampler, SamplingParams
+from .tokenizer import load_tokenizer
+
+
+class Llama:
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 512,
+        n_threads: int | None = None,
+        seed: int = -1,
+        logits_all: bool = False,
+        vocab_only: bool = False,
+        verbose: bool = True,
+        n_batch: int = 512,
+        **_ignored,
+    ):
+        self.model_path = os.fspath(model_path)
+        self.verbose = verbose
+        self.seed = seed
+        self.logits_all = logits_all
+        self.timings = Timings()
+        t0 = time.perf_counter()
+        self._gguf = GGUFFile(self.model_path)
+        self.tokenizer = load_tokenizer(self._gguf.metadata, self.model_path)
+        self.model: LlamaModel | None = None
+        self._session: Session | None = None
+        if not vocab_only:
+            self.model = LlamaModel(self._gguf, n_ctx=n_ctx, n_threads=n_threads)
+            self._session = Session(self.model, n_batch=n_batch, timings=self.timings)
+        self.timings.load_s = time.perf_counter() - t0
+        self.timings.reset()
+        self._scores: list[np.ndarray] = []  # logits rows of evaluated positions (all with logits_all, else last)
+        if verbose and self.model is not None:
+            cfg = self.model.cfg
+            print(
+                f"llamacpy: loaded {self.model_path} ({cfg.n_layer} layers, n_embd {cfg.n_embd}, n_vocab {cfg.n_vocab},"
+                f" {self.model.describe()}) in {1e3 * self.timings.load_s:.0f} ms; n_ctx {self.model.n_ctx},"
+                f" {self.model.n_threads} threads",
+                file=sys.stderr,
+            )
+
+    # -- properties as in llama-cpp-python ------------------------------------------------------------
+    def _require_model(self) -> Session:
+        if self._session is None:
+            raise RuntimeError(f"{self.model_path} was loaded with vocab_only=True: no model to evaluate")
+        return self._session
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._session.tokens) if self._session else 0
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return np.asarray(self._session.tokens if self._session else [], dtype=np.int32)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(n_tokens, n_vocab) logits of the evaluated positions with logits_all=True; else (1, n_vocab), the
+        last evaluated position's."""
+        if not self._scores:
+            return np.zeros((0, self.n_vocab()), dtype=np.float32)
+        return np.concatenate(self._scores, axis=0)
+
+    def n_ctx(self) -> int:
+        return self.model.n_ctx if self.model else 0
+
+    def n_vocab(self) -> int:
+        return self.tokenizer.n_vocab
+
+    def token_bos(self) -> int:
+        return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else -1
+
+    def token_eos(self) -> int:
+        return self.tokenizer.eos_id if self.tokenizer.eos_id is not None else -1
+
+    @property
+    def metadata(self) -> dict:
+        return {k: (v if isinstance(v, (str, int, float, bool)) else "...") for k, v in self._gguf.metadata.items()}
+
+    # -- tokens ----------------------------------------------------------------------------------------
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens, prev_tokens=None, special: bool = False) -> bytes:
+        return self.tokenizer.detokenize(list(tokens), remove_special=False, unparse_special=special)
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        if self._session:
+            self._session.reset()
+        self._scores = []
+
+    def eval(self, tokens) -> None:
+        """Evaluate tokens after those already evaluated (as llama-cpp-python's `eval`)."""
+        session = self._require_model()
+        logits = session.eval(list(tokens), all_logits=self.logits_all)
+        if self.logits_all:
+            del self._scores[len(session.tokens) - len(logits):]
+            self._scores.append(logits)
+        else:
+            self._scores = [logits[-1:]]
+
+    def generate(
+        self,
+        tokens,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        reset: bool = True,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        logit_bias: dict[int, float] | None = None,
+        **_ignored,
+    ) -> Iterator[int]:
+        """Yield sampled token ids forever (the caller stops), reusing a cached common prefix."""
+        session = self._require_model()
+        params = SamplingParams(
+            temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            seed=self.seed if seed is None else seed, logit_bias=dict(logit_bias or {}),
+        )
+        sampler = Sampler(params, self.n_vocab())
+        yield from session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
+
+    # -- completions -----------------------------------------------------------------------------------
+    def create_completion(
+        self,
+        prompt: str | list[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        echo: bool = False,
+        logit_bias: dict[int, float] | None = None,
+        **_ignored,
+    ):
+        it = self._completion_chunks(
+            prompt, max_tokens, SamplingParams(
+                temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty, seed=self.seed if seed is None else seed,
+                logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
+            ), [stop] if isinstance(stop, str) else list(stop or []), echo,
+        )
+        if stream:
+            return it
+        text, finish, usage, head = "", None, None, None
+        for chunk in it:
+            head = head or chunk
+            text += chunk["choices"][0]["text"]
+            finish = chunk["choices"][0]["finish_reason"] or finish
+            usage = chunk.get("usage", usage)
+        return {
+            "id": head["id"],
+            "object": "text_completion",
+            "created": head["created"],
+            "model": self.model_path,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+
+    __call__ = create_completion
+
+    def _completion_chunks(self, prompt, max_tokens, params: SamplingParams, stops: list[str], echo: bool):
+        session = self._require_model()
+        if isinstance(prompt, str):
+            prompt_tokens = self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else [
+                self.token_bos()]
+        else:
+            prompt_tokens = [int(t) for t in prompt]
+        n_ctx = self.n_ctx()
+        if len(prompt_tokens) > n_ctx:
+            raise ContextError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
+        if max_tokens is None or max_tokens <= 0:
+            max_tokens = n_ctx - len(prompt_tokens)
+        max_tokens = min(max_tokens, n_ctx - len(prompt_tokens))
+        cid = f"cmpl-{uuid.uuid4()}"
+        created = int(time.time())
+
+        def chunk(text: str, finish=None, **extra):
+            c = {"id": cid, "object": "text_completion", "created": created, "model": self.model_path,
+                 "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            c.update(extra)
+            return c
+
+        if echo:
+            yield chunk(self.detokenize(prompt_tokens).decode("utf-8", errors="replace"))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopMatcher(stops)
+        sampler = Sampler(params, self.n_vocab())
+        n_out = 0
+        finish = "length"
+        stopped = False
+        for tok in session.generate(prompt_tokens, sampler, n_predict=max_tokens, is_eog=self.tokenizer.is_eog,
+                                    context_shift=False):
+            if self.tokenizer.is_eog(tok):
+                finish = "stop"
+                break
+            n_out += 1
+            text, stopped = matcher.feed(decoder.decode(self.tokenizer.token_to_piece(tok, special=False)))
+            if text:
+                yield chunk(text)
+            if stopped:
+                finish = "stop"
+                break
+        if not stopped:  # emit what was held back as a possible stop-string prefix, and any partial character
+            tail, _ = matcher.feed(decoder.decode(b"", final=True))
+            tail += matcher.flush()
+            if tail:
+                yield chunk(tail)
+        usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
+                 "total_tokens": len(prompt_tokens) + n_out}
+        yield chunk("", finish, usage=usage)
+
+    def print_timings(self) -> None:
+        print(self.timings.report(), file=sys.stderr)
+
+    def close(self) -> None:
+        self.model = None
+        self._session = None
