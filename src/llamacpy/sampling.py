@@ -148,9 +148,10 @@ class Sampler:
             self.history.append(int(token))
 
     def sample(self, logits: np.ndarray) -> int:
-        """logits: (n_vocab,) float32 of the last position."""
+        """logits: (>= n_vocab,) float32 of the last position."""
         p = self.params
-        logits = np.array(logits, dtype=np.float32, copy=True)  # (n_vocab,)
+        # only ids the vocabulary can decode are candidates (the output matrix may have padding rows)
+        logits = np.array(logits[: self.n_vocab], dtype=np.float32, copy=True)  # (n_vocab,)
         for tok, bias in p.logit_bias.items():
             if 0 <= int(tok) < logits.shape[0]:
                 logits[int(tok)] += bias
