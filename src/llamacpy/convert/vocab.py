@@ -12,7 +12,6 @@ Must not: tokenize text (that is the runtime tokenizer).
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from dataclasses import dataclass, field
