@@ -217,3 +217,62 @@ def test_pytorch_bin_same_as_safetensors(llama3, tmp_path):
     assert list(g.tensors) != [] and sorted(g.tensors) == sorted(ref.tensors)
     for name in ref.tensors:
         assert np.array_equal(np.asarray(g.tensor(name)), np.asarray(ref.tensor(name))), name
+
+
+def test_rope_scaling_linear(tmp_path):
+    d = tmp_path / "linear"
+    d.mkdir()
+    build_llama3(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_scaling"] = {"type": "linear", "factor": 4.0}
+    (d / "config.json").write_text(json.dumps(cfg))
+    g = GGUFFile(convert(d, d / "out.gguf", "f16", vocab_only=True))
+    assert g.metadata["llama.rope.scaling.type"] == "linear"
+    assert g.metadata["llama.rope.scaling.factor"] == 4.0
+    assert g.metadata_types["llama.rope.scaling.factor"][0] == 6  # FLOAT32
+    assert "rope_freqs.weight" not in g.tensors
+
+
+def test_streaming_peak_memory(tmp_path):
+    """Tensors are read, converted and written one at a time: peak Python/numpy allocation stays near a few
+    times the largest tensor, far below the model."""
+    import tracemalloc
+
+    d = tmp_path / "big"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    n_embd, n_layer = 256, 8
+    cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": n_embd, "intermediate_size": 1024,
+           "num_attention_heads": 8, "num_key_value_heads": 8, "num_hidden_layers": n_layer, "vocab_size": 512,
+           "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "tie_word_embeddings": True}
+    (d / "config.json").write_text(json.dumps(cfg))
+    build_dir = tmp_path / "tok"
+    build_dir.mkdir()
+    info = build_llama3(build_dir)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (d / f).write_text((build_dir / f).read_text())
+    cfg["vocab_size"] = info["n_vocab"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    t = {"model.embed_tokens.weight": bf16_words(rng.standard_normal((info["n_vocab"], n_embd))),
+         "model.norm.weight": bf16_words(np.ones(n_embd))}
+    for i in range(n_layer):
+        p = f"model.layers.{i}."
+        for name, shape in (("self_attn.q_proj", (n_embd, n_embd)), ("self_attn.k_proj", (n_embd, n_embd)),
+                            ("self_attn.v_proj", (n_embd, n_embd)), ("self_attn.o_proj", (n_embd, n_embd)),
+                            ("mlp.gate_proj", (1024, n_embd)), ("mlp.up_proj", (1024, n_embd)),
+                            ("mlp.down_proj", (n_embd, 1024)), ("input_layernorm", (n_embd,)),
+                            ("post_attention_layernorm", (n_embd,))):
+            t[p + name + ".weight"] = bf16_words(rng.standard_normal(shape))
+    write_safetensors(d / "model.safetensors", {k: (v, "BF16") for k, v in t.items()})
+    total_f32 = sum(v.size for v in t.values()) * 4
+    largest_f32 = max(v.size for v in t.values()) * 4
+    del t
+    tracemalloc.start()
+    try:
+        convert(d, d / "out.gguf", "f32")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (d / "out.gguf").stat().st_size > total_f32
+    assert peak < 4 * largest_f32 + (2 << 20), (peak, largest_f32, total_f32)
+    assert peak < total_f32 / 3

@@ -62,7 +62,9 @@ class LazyTensor:
 def to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:
     """Exact widening to float32 (bf16 words shift into the high half of a float32)."""
     if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
+        wide = arr.astype(np.uint32)
+        np.left_shift(wide, 16, out=wide)
+        return wide.view(np.float32)
     return arr.astype(np.float32, copy=False)
 
 
