@@ -107,3 +107,17 @@ def test_cli_q8_0_and_vocab_only(tmp_path, capsys):
     v = GGUFFile(voc)
     assert not v.tensors
     assert list(v.metadata["tokenizer.ggml.tokens"]) == list(ref.metadata["tokenizer.ggml.tokens"])
+
+
+def test_meta_tokenizer_one_folder_up(tmp_path):
+    """The original release layout: tokenizer.model beside the size folders (llama/tokenizer.model, llama/7B/)."""
+    import shutil
+
+    src = models_dir() / "meta-tiny-llama"
+    model = tmp_path / "meta-tiny-llama"
+    model.mkdir()
+    for p in src.iterdir():
+        shutil.copy(p, (tmp_path if p.name == "tokenizer.model" else model) / p.name)
+    ours = GGUFFile(convert(model, tmp_path / "m.gguf", "f32"))
+    ref = GGUFFile(golden_dir() / "meta-tiny-llama" / "llamacpp-f32.gguf")
+    assert_same_metadata(ours, ref)
