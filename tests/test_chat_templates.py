@@ -208,9 +208,14 @@ def test_format_single_deltas():
     assert sys_part == "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
     past.append(CONVERSATION[0])
     user_part = t.format_single(past, CONVERSATION[1], add_ass=True)
-    assert user_part == "\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    assert user_part == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"  # system text was evaluated
     past.append(CONVERSATION[1])
+    assistant_part = t.format_single(past, CONVERSATION[2], add_ass=False)
+    assert assistant_part == "<|im_start|>assistant\nHi there<|im_end|>\n"  # recorded, not evaluated
     past.append(CONVERSATION[2])
+    # after the model's turn (it stopped at <|im_end|>) the newline is put back, as llama.cpp's test expects
+    assert t.format_single(past, CONVERSATION[3], add_ass=True) == \
+        "\n<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\n"
     llama2 = ChatTemplate(builtin="llama2")
     assert llama2.format_single(past, CONVERSATION[3], add_ass=True) == "[INST] Who are you [/INST]"
 

@@ -197,6 +197,12 @@ class Llama:
 
     __call__ = create_completion
 
+    def create_chat_completion(self, messages, **kwargs):
+        """OpenAI-shaped chat completion using the model's chat template (see chat.create_chat_completion)."""
+        from .chat import create_chat_completion
+
+        return create_chat_completion(self, messages, **kwargs)
+
     def _completion_chunks(self, prompt, max_tokens, params: SamplingParams, stops: list[str], echo: bool):
         session = self._require_model()
         if isinstance(prompt, str):

@@ -387,10 +387,13 @@ class ChatTemplate:
 
     def format_single(self, past: list[dict], new: dict, add_ass: bool) -> str:
         """The text that `new` adds after `past` (llama.cpp's common_chat_format_single): the difference between
-        formatting past+new and past alone; a trailing newline of past (which the model never wrote) is kept."""
+        formatting past+new and past alone. When past ends with an assistant turn whose formatting ends in a
+        newline, that newline was never evaluated (the model stopped at its end-of-turn token), so it is put back
+        in front (llama.cpp does this after any past; we only do it where the newline is really missing)."""
         fmt_past = self.apply(past, add_generation_prompt=False) if past else ""
         fmt_new = self.apply(list(past) + [new], add_generation_prompt=add_ass)
-        prefix = "\n" if add_ass and fmt_past.endswith("\n") else ""
+        after_model = bool(past) and past[-1].get("role") == "assistant"
+        prefix = "\n" if add_ass and after_model and fmt_past.endswith("\n") else ""
         if not fmt_new.startswith(fmt_past):  # a template that rewrites history: fall back to the common prefix
             n = 0
             for a, b in zip(fmt_past, fmt_new):

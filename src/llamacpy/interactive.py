@@ -331,6 +331,7 @@ class InteractiveLoop:
                     return 0
                 n_remain = s.n_predict
                 is_interacting = True
+                self._cut_turn()
                 continue
             tok = self.session.sample(self.sampler, logits)
             self._n_accepted = 1
@@ -356,11 +357,18 @@ class InteractiveLoop:
                 if not s.interactive:
                     return 0
                 is_interacting = True
+                self._cut_turn()
             if self.interrupted:  # Ctrl-C: control back to the person
                 self.interrupted = False
-                self.need_insert_eot = True
-                self._end_of_turn()
                 is_interacting = True
+                self._cut_turn()
+
+    def _cut_turn(self) -> None:
+        """The model's turn ends without its end-of-turn token (Ctrl-C, -n reached, reverse prompt): in
+        conversation mode record the reply and close it with EOT before the next message, as llama.cpp does."""
+        if self.s.conversation is not None and self.assistant_text:
+            self.need_insert_eot = True
+        self._end_of_turn()
 
     def _end_of_turn(self) -> None:
         if self.s.conversation is not None and self.assistant_text:
