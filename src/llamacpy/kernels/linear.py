@@ -1,61 +1,279 @@
-"""Linear (weight matrix) objects -- PLACEHOLDER implementation: dequantize with gguf's reference code and use
-numpy. The kernels issue replaces this with numba kernels that read the quantized weights in place."""
+"""Linear (weight matrix) objects: pick the kernel for a ggml type and the path for a batch size.
+
+Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
+    decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
+        legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
+        the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dequant.matvec_generic for
+        Q2_K/Q3_K, dense.mv_half for F16/BF16).
+    prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of TILE rows
+        dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
+Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
+madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
+only the resident set of this process shrinks). Only pages of a read-only file mapping are ever advised.
+
+Threads: numba's default workqueue layer must not be entered from two Python threads at once -- run the model
+from one thread (a server uses one worker thread for the model).
+Must not: know about layers or the model.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
+
+import numba as nb
 import numpy as np
-import numba
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
+from . import dense, dequant, kquants, legacy, q8
+from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
+                     Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
-SUPPORTED = {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30}
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+SUPPORTED = {F32, F16, BF16} | set(LEGACY) | set(KQUANTS)
+DECODE_MAX = 8     # batches up to this many tokens take the integer matvec kernels (crossover measured 8-16)
+TILE = 128         # rows per dequantized f32 tile in the prompt path
+GROUP_ROWS = 64    # R: rows per interleaved group in the repacked layouts
+
+_MV = {Q4_0: legacy.mv_q4_0, Q4_1: legacy.mv_q4_1, Q5_0: legacy.mv_q5_0, Q5_1: legacy.mv_q5_1,
+       Q8_0: legacy.mv_q8_0, Q4_K: kquants.mv_q4_k, Q5_K: kquants.mv_q5_k, Q6_K: kquants.mv_q6_k}
+
+
+# -- threads -----------------------------------------------------------------------------------------------------
+def _blas_set_threads():
+    """openblas_set_num_threads of the BLAS numpy loaded (found through /proc/self/maps), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.rstrip().endswith(".so")
+                     or ("openblas" in ln.lower() and ".so" in ln)}
+    except OSError:
+        return None
+    for p in sorted(paths):
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                return fn
+    return None
+
+
+_blas_threads_fn = None
 
 
 def set_num_threads(n: int) -> None:
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    """Threads for the numba kernels and numpy's BLAS (prompt path)."""
+    global _blas_threads_fn
+    n = max(1, min(int(n), nb.config.NUMBA_NUM_THREADS))
+    nb.set_num_threads(n)
+    if _blas_threads_fn is None:
+        _blas_threads_fn = _blas_set_threads() or False
+    if _blas_threads_fn:
+        _blas_threads_fn(n)
 
 
 def get_num_threads() -> int:
-    return numba.get_num_threads()
+    return nb.get_num_threads()
 
 
+# -- mmap residency ----------------------------------------------------------------------------------------------
+_libc = None
+_PAGE = mmap.PAGESIZE
+
+
+def _is_file_mapping(a: np.ndarray) -> bool:
+    b = a
+    while b is not None:
+        if isinstance(b, mmap.mmap):
+            return True
+        if isinstance(b, memoryview):
+            return isinstance(b.obj, mmap.mmap)
+        b = getattr(b, "base", None)
+    return False
+
+
+def drop_pages(a: np.ndarray) -> None:
+    """madvise(MADV_DONTNEED) the whole pages under `a`, if `a` views a read-only file mapping (else no-op)."""
+    global _libc
+    if not _is_file_mapping(a) or a.nbytes < 16 * _PAGE:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = a.ctypes.data
+    lo = -(-start // _PAGE) * _PAGE
+    hi = (start + a.nbytes) // _PAGE * _PAGE
+    if hi > lo:
+        _libc.madvise(lo, hi - lo, 4)  # MADV_DONTNEED
+
+
+# -- Linear objects ----------------------------------------------------------------------------------------------
 class Linear:
+    """A weight matrix (n_out, n_in) in its file type.  y = lin(x): (n_tokens, n_in) f32 -> (n_tokens, n_out)."""
+
     def __init__(self, ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: str = ""):
         self.ggml_type = ggml_type
         self.raw = raw
-        self.n_out, self.n_in = shape
+        self.n_out, self.n_in = int(shape[0]), int(shape[1])
         self.name = name
-        self._w: np.ndarray | None = None
+        self.nbytes = int(raw.nbytes)
 
-    def _dense(self) -> np.ndarray:
-        if self._w is None:
-            if self.ggml_type == 0:
-                self._w = np.asarray(self.raw, dtype=np.float32).reshape(self.n_out, self.n_in)
-            elif self.ggml_type == 1:
-                self._w = self.raw.astype(np.float32).reshape(self.n_out, self.n_in)
-            elif self.ggml_type == 30:
-                self._w = (self.raw.astype(np.uint32) << 16).view(np.float32).reshape(self.n_out, self.n_in)
-            else:
-                from gguf.quants import dequantize
-                from gguf import GGMLQuantizationType
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, {ggml_type_name(self.ggml_type)}, {self.n_out}x{self.n_in})"
 
-                self._w = dequantize(np.asarray(self.raw), GGMLQuantizationType(self.ggml_type)).reshape(
-                    self.n_out, self.n_in).astype(np.float32)
-        return self._w
-
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        w = self._dense()
+    def _out(self, x: np.ndarray, out):
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise ValueError(f"{self.name}: input shape {x.shape}, expected (n, {self.n_in})")
         if out is None:
-            return x @ w.T
-        np.matmul(x, w.T, out=out)
+            out = np.empty((x.shape[0], self.n_out), np.float32)
         return out
 
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self._out(x, out)
+        if x.shape[0] <= DECODE_MAX:
+            self._decode(x, out)
+        else:
+            self._prompt(x, out)
+        return out
+
+    # prompt path shared by every non-F32 type: f32 tiles of the weights times rounded activations
+    def _prompt(self, x, out):
+        xr = self._round_activations(x)  # (n, n_in)
+        n = x.shape[0]
+        tile = np.empty((min(TILE, self.n_out), self.n_in), np.float32)
+        tmp = np.empty((n, tile.shape[0]), np.float32)
+        for r0 in range(0, self.n_out, TILE):
+            m = min(TILE, self.n_out - r0)
+            self._tile(r0, tile[:m])
+            np.matmul(xr, tile[:m].T, out=tmp[:, :m])
+            out[:, r0:r0 + m] = tmp[:, :m]
+        self._after_prompt()
+
+    def _after_prompt(self):
+        pass
+
     def get_rows(self, ids) -> np.ndarray:
-        return np.ascontiguousarray(self._dense()[np.asarray(ids)], dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_out):
+            raise IndexError(f"{self.name}: row id out of range [0, {self.n_out})")
+        return self._rows(ids)
 
 
-def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: str = "") -> Linear:
+class LinearF32(Linear):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.w = np.asarray(self.raw, dtype=np.float32).reshape(self.n_out, self.n_in)  # (n_out, n_in) view
+
+    def __call__(self, x, out=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self._out(x, out)
+        np.matmul(x, self.w.T, out=out)
+        return out
+
+    def _rows(self, ids):
+        return self.w[ids].astype(np.float32, copy=True)
+
+
+class LinearHalf(Linear):
+    """F16 / BF16 read in place from the mmap (no repack)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.w16 = np.asarray(self.raw).view(np.uint16).reshape(self.n_out, self.n_in)  # (n_out, n_in)
+        self.kind = dense.KIND_F16 if self.ggml_type == F16 else dense.KIND_BF16
+
+    def _round_activations(self, x):
+        return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
+
+    def _decode(self, x, out):
+        xr = self._round_activations(x)
+        if self.kind == dense.KIND_F16:
+            xr *= dense.F16_PRESCALE
+        dense.mv_half(self.w16, self.kind, xr, out)
+
+    def _tile(self, r0, tile):
+        dense.half_to_f32_range(self.w16, self.kind, r0, tile)
+
+    def _rows(self, ids):
+        if self.kind == dense.KIND_F16:
+            return self.w16[ids].view(np.float16).astype(np.float32)
+        return (self.w16[ids].astype(np.uint32) << 16).view(np.float32)
+
+
+class LinearQuant(Linear):
+    """Quantized weights: repacked row-interleaved for the decode kernel where one exists (else the generic
+    dequantize-and-dot kernel over the raw blocks); the raw blocks serve embedding rows and prompt tiles."""
+
+    def __init__(self, ggml_type, raw, shape, name, repack: bool = True):
+        super().__init__(ggml_type, raw, shape, name)
+        block = BLOCK[ggml_type][0]
+        if self.n_in % block:
+            raise ModelError(f"tensor {name!r}: row length {self.n_in} is not a multiple of the "
+                             f"{ggml_type_name(ggml_type)} block size {block}")
+        self.raw = np.asarray(raw).reshape(self.n_out, -1)  # (n_out, bytes_per_row) uint8
+        self.kquant = ggml_type in KQUANTS
+        self.packed = None
+        self._want_repack = repack and ggml_type in _MV
+
+    def repack(self) -> None:
+        """Build the row-interleaved copy now (else it is built on the first decode call, so a table that is
+        only read by rows -- the token embeddings -- is never repacked)."""
+        if self.packed is None and self._want_repack:
+            mod = kquants if self.kquant else legacy
+            self.packed = mod.repack(self.ggml_type, self.raw, self.n_out, self.n_in, GROUP_ROWS)
+            drop_pages(self.raw)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the repacked copy (0 before the repack or for the generic kernel)."""
+        return sum(a.nbytes for a in self.packed) if self.packed else 0
+
+    def _round_activations(self, x):
+        return q8.fake_quant_q8_k(x) if self.kquant else q8.fake_quant_q8_0(x)
+
+    def _decode(self, x, out):
+        if self.packed is None and self._want_repack:
+            self.repack()
+        if self.packed is None:
+            dequant.matvec_generic(self.ggml_type, self.raw, self._round_activations(x), out, F16_TABLE)
+            return
+        if self.kquant:
+            xq, xd, xs = q8.quantize_q8_k(x)
+        else:
+            xq, xd, xs = q8.quantize_q8_0(x)
+        _MV[self.ggml_type](*self.packed, xq, xd, xs, out)
+
+    def _tile(self, r0, tile):
+        dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
+
+    def _after_prompt(self):
+        if self.packed is not None:
+            drop_pages(self.raw)
+
+    def _rows(self, ids):
+        out = np.empty((ids.shape[0], self.n_in), np.float32)
+        dequant.dequant_rows(self.ggml_type, self.raw, ids, out, F16_TABLE)
+        return out
+
+
+def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: str = "",
+                repack: bool = True) -> Linear:
+    """The Linear for a GGUF tensor; raises ModelError naming the tensor for unsupported types.
+    `repack=False` keeps a quantized matrix in its file layout (generic decode kernel; used for tables that are
+    only read by rows, and by tests)."""
     if ggml_type not in SUPPORTED:
         raise ModelError(f"tensor {name!r}: unsupported tensor type {ggml_type_name(ggml_type)}")
-    return Linear(ggml_type, raw, shape, name)
+    if len(shape) != 2:
+        raise ModelError(f"tensor {name!r}: expected a matrix, got shape {tuple(shape)}")
+    if ggml_type == F32:
+        return LinearF32(ggml_type, raw, shape, name)
+    if ggml_type in (F16, BF16):
+        return LinearHalf(ggml_type, raw, shape, name)
+    return LinearQuant(ggml_type, raw, shape, name, repack=repack)
