@@ -1,0 +1,159 @@
+"""Byte-level BPE tokenizer (`tokenizer.ggml.model == "gpt2"`: Llama 3 and GPT-2-style vocabularies).
+
+Owns: GPT-2's byte <-> character encoding, merge ranks from `tokenizer.ggml.merges` (a dict keyed by the merge
+string "left right", built in one pass), the rank-ordered merge of each pre-tokenized word as
+llm_tokenizer_bpe_session does it (with Llama 3's ignore_merges shortcut), a per-word result cache, and BPE
+pieces (byte-decoding of token texts).
+Must not: choose regexes (pretokenizers.py) or handle special tokens, BOS/EOS and detokenization (vocab.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ..errors import TokenizerError
+from .pretokenizers import pre_tokenizer_for, split_words
+from .vocab import KEY_PREFIX, Tokenizer
+
+WORD_CACHE_LIMIT = 200_000
+
+
+def byte_to_char_table() -> list[str]:
+    """GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the rest map to U+0100 onwards."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = [""] * 256
+    extra = 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_TO_CHAR = byte_to_char_table()
+CHAR_TO_BYTE = {ch: byte for byte, ch in enumerate(BYTE_TO_CHAR)}
+LATIN1_TO_ENCODED = str.maketrans({byte: ch for byte, ch in enumerate(BYTE_TO_CHAR)})
+
+
+def byte_encode(word: str) -> str:
+    """The word's UTF-8 bytes, one encoded character per byte (llama.cpp's unicode_byte_encoding_process)."""
+    return word.encode("utf-8").decode("latin-1").translate(LATIN1_TO_ENCODED)
+
+
+def byte_decode(text: str) -> bytes:
+    """llama_decode_text: each character back to its byte; unknown characters as llama.cpp spells them."""
+    out = bytearray()
+    for ch in text:
+        byte = CHAR_TO_BYTE.get(ch)
+        if byte is not None:
+            out.append(byte)
+        else:
+            utf8 = ch.encode("utf-8")
+            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8") + b"]"
+    return bytes(out)
+
+
+def merge_ranks(merges, path: str) -> dict[str, int]:
+    """rank of each merge "left right" (the first occurrence wins, as with llama.cpp's emplace)."""
+    if not isinstance(merges, (list, tuple)):
+        raise TokenizerError(f"{path}: {KEY_PREFIX}merges must be an array of strings")
+    n = len(merges)
+    return dict(zip(reversed(merges), range(n - 1, -1, -1)))
+
+
+class BPETokenizer(Tokenizer):
+    default_special_ids = {"bos_id": 11, "eos_id": 11}
+    default_add_bos = False
+    default_add_eos = False
+    default_add_space_prefix = False
+
+    def __init__(self, metadata: dict, path: str = "model"):
+        self.pre_name = metadata.get(KEY_PREFIX + "pre")
+        self.pre = pre_tokenizer_for(self.pre_name, path)
+        self.default_add_bos = self.pre.add_bos
+        self.clean_spaces = self.pre.clean_spaces
+        super().__init__(metadata, path)
+        merges_key = KEY_PREFIX + "merges"
+        if merges_key not in metadata:
+            raise TokenizerError(f"{path}: BPE vocabulary without {merges_key}")
+        self.ranks = merge_ranks(metadata[merges_key], path)
+        self.n_merges = len(self.ranks)
+        self._regexes = self.pre.compiled()
+        self._word_cache: dict[str, tuple[int, ...]] = {}
+
+    # -- tokenization ---------------------------------------------------------------------------------------
+    def _tokenize_fragments(self, fragments: list, output: list[int]) -> None:
+        for fragment in fragments:
+            if isinstance(fragment, int):
+                output.append(fragment)
+            else:
+                self._tokenize_text(fragment.decode("utf-8", errors="replace"), output)
+
+    def _tokenize_text(self, text: str, output: list[int]) -> None:
+        cache = self._word_cache
+        for word in split_words(text, self._regexes):
+            ids = cache.get(word)
+            if ids is None:
+                if len(cache) >= WORD_CACHE_LIMIT:
+                    cache.clear()
+                ids = cache[word] = tuple(self._tokenize_word(byte_encode(word)))
+            output.extend(ids)
+
+    def _tokenize_word(self, word: str) -> list[int]:
+        if self.pre.ignore_merges:
+            token_id = self.text_to_id.get(word)
+            if token_id is not None:
+                return [token_id]
+        return self._symbols_to_ids(self._merge(word))
+
+    def _merge(self, word: str) -> list[str]:
+        """Merge adjacent symbols, lowest merge rank first (leftmost on ties), as the bigram queue does."""
+        symbols = list(word)
+        n = len(symbols)
+        if n < 2:
+            return symbols
+        next_ = list(range(1, n + 1))
+        next_[-1] = -1
+        prev = list(range(-1, n - 1))
+        queue: list[tuple[int, int, int, str]] = []
+        for i in range(1, n):
+            self._push_bigram(symbols, i - 1, i, queue)
+        while queue:
+            _, left, right, text = heapq.heappop(queue)
+            if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != text:
+                continue  # outdated bigram
+            symbols[left] = text
+            symbols[right] = ""
+            next_[left] = next_[right]
+            if next_[right] >= 0:
+                prev[next_[right]] = left
+            if prev[left] >= 0:
+                self._push_bigram(symbols, prev[left], left, queue)
+            if next_[left] >= 0:
+                self._push_bigram(symbols, left, next_[left], queue)
+        return [s for s in symbols if s]
+
+    def _push_bigram(self, symbols: list[str], left: int, right: int, queue) -> None:
+        rank = self.ranks.get(symbols[left] + " " + symbols[right])
+        if rank is not None:
+            heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
+
+    def _symbols_to_ids(self, symbols: list[str]) -> list[int]:
+        ids = []
+        for symbol in symbols:
+            token_id = self.text_to_id.get(symbol)
+            if token_id is not None:
+                ids.append(token_id)
+                continue
+            # llama.cpp looks up each single byte of the symbol's UTF-8 text; only ASCII ones can be tokens
+            for byte in symbol.encode("utf-8"):
+                byte_id = self.text_to_id.get(chr(byte)) if byte < 0x80 else None
+                if byte_id is not None:
+                    ids.append(byte_id)
+        return ids
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def _normal_piece(self, text: str) -> bytes:
+        return byte_decode(text)
