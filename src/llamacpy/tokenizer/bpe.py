@@ -39,7 +39,35 @@ LATIN1_TO_ENCODED = str.maketrans({byte: ch for byte, ch in enumerate(BYTE_TO_CH
 
 def byte_encode(word: str) -> str:
     """The word's UTF-8 bytes, one encoded character per byte (llama.cpp's unicode_byte_encoding_process)."""
-    return word.encode("utf-8").decode("latin-1").translate(LATIN1_TO_ENCODED)
+    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(LATIN1_TO_ENCODED)
+
+
+def decode_utf8_like_llama_cpp(raw: bytes) -> str:
+    """llama.cpp's unicode_cpts_from_utf8: valid UTF-8 as usual; otherwise every byte that does not start a
+    well-formed sequence becomes one U+FFFD (overlong forms and surrogates are accepted, as there)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _decode_lenient(raw)
+
+
+def _decode_lenient(raw: bytes) -> str:
+    chars = []
+    i, n = 0, len(raw)
+    while i < n:
+        lead = raw[i]
+        length = 1 if lead < 0x80 else 0 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else \
+            4 if lead < 0xF8 else 0
+        if length == 0 or i + length > n or any(b & 0xC0 != 0x80 for b in raw[i + 1:i + length]):
+            chars.append("\ufffd")
+            i += 1
+            continue
+        codepoint = lead & (0x7F, 0x1F, 0x0F, 0x07)[length - 1]
+        for b in raw[i + 1:i + length]:
+            codepoint = (codepoint << 6) | (b & 0x3F)
+        chars.append(chr(codepoint) if codepoint <= 0x10FFFF else "\ufffd")
+        i += length
+    return "".join(chars)
 
 
 def byte_decode(text: str) -> bytes:
@@ -89,7 +117,7 @@ class BPETokenizer(Tokenizer):
             if isinstance(fragment, int):
                 output.append(fragment)
             else:
-                self._tokenize_text(fragment.decode("utf-8", errors="replace"), output)
+                self._tokenize_text(decode_utf8_like_llama_cpp(fragment), output)
 
     def _tokenize_text(self, text: str, output: list[int]) -> None:
         cache = self._word_cache

@@ -17,6 +17,26 @@ import regex
 
 log = logging.getLogger(__name__)
 
+# Letters and numbers that the `regex` module knows (Unicode 16+) but llama.cpp's tables (Unicode 15.1) do not:
+# llama.cpp treats them as unassigned, so they are excluded from \p{L} / \p{N} below. Computed as
+# {regex's \p{L} (or \p{N})} minus {assigned in Python 3.13's unicodedata 15.1}.
+LETTERS_NEWER_THAN_15_1 = (
+    r"\U0000088F\U00000C5C\U00000CDC\U00001C89-\U00001C8A\U0000A7CB-\U0000A7CF\U0000A7D2\U0000A7D4"
+    r"\U0000A7DA-\U0000A7DC\U0000A7F1\U000105C0-\U000105F3\U00010940-\U00010959\U00010D4A-\U00010D65"
+    r"\U00010D6F-\U00010D85\U00010EC2-\U00010EC7\U00011380-\U00011389\U0001138B\U0001138E\U00011390-\U000113B5"
+    r"\U000113B7\U000113D1\U000113D3\U00011BC0-\U00011BE0\U00011DB0-\U00011DDB\U00013460-\U000143FA"
+    r"\U00016100-\U0001611D\U00016D40-\U00016D6C\U00016EA0-\U00016EB8\U00016EBB-\U00016ED3\U00016FF2-\U00016FF3"
+    r"\U000187F8-\U000187FF\U00018CFF\U00018D09-\U00018D1E\U00018D80-\U00018DF2\U0001E5D0-\U0001E5ED\U0001E5F0"
+    r"\U0001E6C0-\U0001E6DE\U0001E6E0-\U0001E6E2\U0001E6E4-\U0001E6E5\U0001E6E7-\U0001E6ED\U0001E6F0-\U0001E6F4"
+    r"\U0001E6FE-\U0001E6FF\U0002B73A-\U0002B73F\U0002CEA2-\U0002CEAD\U000323B0-\U00033479"
+)
+NUMBERS_NEWER_THAN_15_1 = (
+    r"\U00010D40-\U00010D49\U000116D0-\U000116E3\U00011BF0-\U00011BF9\U00011DE0-\U00011DE9\U00016130-\U00016139"
+    r"\U00016D70-\U00016D79\U00016FF4-\U00016FF6\U0001CCF0-\U0001CCF9\U0001E5F1-\U0001E5FA"
+)
+LETTER_CLASS = r"[\p{L}--[" + LETTERS_NEWER_THAN_15_1 + "]]"
+NUMBER_CLASS = r"[\p{N}--[" + NUMBERS_NEWER_THAN_15_1 + "]]"
+
 # llama.cpp's adaptation of Llama 3's `(?i:'s|'t|...)`: case-insensitive without Unicode case folding.
 CONTRACTIONS_ANY_CASE = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 LLAMA3_REGEX = (CONTRACTIONS_ANY_CASE + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -42,8 +62,10 @@ _compiled_cache: dict[str, object] = {}
 
 
 def _compile(pattern: str):
+    """Compile with \\p{L} / \\p{N} narrowed to llama.cpp's Unicode version (V1 allows the nested set difference)."""
     if pattern not in _compiled_cache:
-        _compiled_cache[pattern] = regex.compile(pattern)
+        narrowed = pattern.replace(r"\p{L}", LETTER_CLASS).replace(r"\p{N}", NUMBER_CLASS)
+        _compiled_cache[pattern] = regex.compile(narrowed, regex.V1)
     return _compiled_cache[pattern]
 
 
