@@ -95,7 +95,7 @@ def _interactive_flags(p: argparse.ArgumentParser) -> None:
                    help="put a BOS token before each input")
     g.add_argument("--color", action="store_true", help="colour prompt, input and generation (terminals only)")
     g.add_argument(*_alias("-mli", "--multiline-input"), dest="multiline_input", action="store_true",
-                   help="accepted for compatibility (end a line with \\ to continue it)")
+                   help="input continues over lines until one ends with / (a trailing \\ submits)")
     g.add_argument(*_alias("-cnv", "--conversation"), dest="conversation", action="store_const", const=True,
                    default=None, help="conversation mode (default when the model has a chat template)")
     g.add_argument(*_alias("-no-cnv", "--no-conversation"), dest="conversation", action="store_const",
@@ -276,7 +276,7 @@ def run_plain(args, prompt: str, tokenizer, model, timings: Timings) -> int:
         out.write(tokenizer.detokenize(prompt_tokens, remove_special=False, unparse_special=False))
         out.flush()
     session = Session(model, n_batch=min(args.batch_size, n_ctx), timings=timings)
-    sampler = Sampler(sampling_params(args), model.n_vocab)
+    sampler = Sampler(sampling_params(args), tokenizer.n_vocab)
     n_predict = args.n_predict
     if n_predict == -2:
         n_predict = n_ctx - len(prompt_tokens)
@@ -357,8 +357,8 @@ def run_interactive(args, prompt: str, tokenizer, model, timings: Timings, templ
     if args.verbose and template is not None:
         print(f"chat template: {template.name}", file=sys.stderr)
     session = Session(model, n_batch=min(args.batch_size, n_ctx), timings=timings)
-    sampler = Sampler(sampling_params(args), model.n_vocab)
-    console = Console(sys.stdout.buffer, sys.stdin.buffer, sys.stderr, settings.color)
+    sampler = Sampler(sampling_params(args), tokenizer.n_vocab)
+    console = Console(sys.stdout.buffer, sys.stdin.buffer, sys.stderr, settings.color, args.multiline_input)
     loop = InteractiveLoop(session, sampler, tokenizer, settings, console)
     loop.chat_msgs = chat_msgs
     rc = loop.run(prompt_tokens, wait_first=wait_first)

@@ -62,8 +62,9 @@ class InputError(ValueError):
 class Console:
     """Terminal I/O: bytes out with optional colours, typed lines in (with `\\` continuation)."""
 
-    def __init__(self, out: BinaryIO, inp: BinaryIO, err, color: bool):
+    def __init__(self, out: BinaryIO, inp: BinaryIO, err, color: bool, multiline: bool = False):
         self.out, self.inp, self.err, self.color = out, inp, err, color
+        self.multiline = multiline  # -mli: lines continue by default; `/` at the end of a line submits
         self._current = None
 
     def set_color(self, code: str) -> None:
@@ -85,22 +86,25 @@ class Console:
             print(text, file=self.err, flush=True)
 
     def read_input(self) -> str | None:
-        """Read what the person types: one line, or several when a line ends with `\\` (the backslash is dropped,
-        the newline kept). Returns the text with its final newline, or None at end of input (Ctrl-D).
-        Raises InputError for bytes that are not UTF-8."""
+        """Read what the person types, as llama.cpp's console does: whether input continues on the next line is
+        off by default (on with -mli), a line ending with `\\` flips that for itself and a line ending with `/` always submits;
+        the marker is dropped, the newline kept. Returns the text with its final newline, or None at end of input
+        (Ctrl-D). Raises InputError for bytes that are not UTF-8."""
         buf = b""
         while True:
             line = self.inp.readline()
             if not line:  # EOF
                 return None if not buf else self._decode(buf)
-            if line.endswith(b"\r\n"):
-                line = line[:-2] + b"\n"
-            if line.endswith(b"\\\n"):
-                buf += line[:-2] + b"\n"
-                continue
-            if not line.endswith(b"\n"):
-                line += b"\n"
-            return self._decode(buf + line)
+            line = line.rstrip(b"\r\n")
+            if line.endswith(b"/"):
+                return self._decode(buf + line[:-1] + b"\n")
+            more = self.multiline
+            if line.endswith(b"\\"):
+                line = line[:-1]
+                more = not more
+            buf += line + b"\n"
+            if not more:
+                return self._decode(buf)
 
     @staticmethod
     def _decode(data: bytes) -> str:
