@@ -55,3 +55,18 @@ def test_completion_stops_at_eot():
     out = llm("Hello", max_tokens=20, temperature=0, logit_bias={eot[0]: 100.0})
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["usage"]["completion_tokens"] == 0
+
+
+def test_cli_run_stops_at_eot():
+    import subprocess
+    import sys
+
+    llm = Llama(str(models_dir() / "llama3-style-f16.gguf"), vocab_only=True, verbose=False)
+    eot = llm.tokenize(b"<|eot_id|>", add_bos=False, special=True)[0]
+    out = subprocess.run([sys.executable, "-m", "llamacpy", "run", "-m", str(models_dir() / "llama3-style-f16.gguf"),
+                          "-p", "Hello", "-n", "20", "--temp", "0", "-c", "128", "-l", f"{eot}+100"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[end of text]" in out.stderr
+    assert "eval time =       0.00 ms /     0 runs" in out.stderr  # stopped at the first sampled token
+    assert out.stdout == "Hello\n"

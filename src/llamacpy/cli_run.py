@@ -11,6 +11,7 @@ Must not: do model math or sampling itself (generation.Session / sampling.Sample
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -66,6 +67,8 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
     p.add_argument(*_alias("--repeat-last-n"), dest="repeat_last_n", type=int, default=64)
     p.add_argument(*_alias("--frequency-penalty"), dest="frequency_penalty", type=float, default=0.0)
     p.add_argument(*_alias("--presence-penalty"), dest="presence_penalty", type=float, default=0.0)
+    p.add_argument(*_alias("-l", "--logit-bias"), dest="logit_bias", action="append", default=[],
+                   metavar="TOKEN_ID(+/-)BIAS", help="add BIAS to a token's logit, e.g. 15043+1 or 2-inf (repeatable)")
     p.add_argument(*_alias("--ignore-eos"), dest="ignore_eos", action="store_true",
                    help="keep generating past end-of-generation tokens")
     p.add_argument(*_alias("--no-display-prompt"), dest="no_display_prompt", action="store_true",
@@ -159,11 +162,23 @@ def read_prompt(args) -> str:
     return text if args.no_escape else process_escapes(text)
 
 
+def parse_logit_bias(items: list[str]) -> dict[int, float]:
+    """llama.cpp's `-l TOKEN_ID(+/-)BIAS` values, e.g. "15043+1", "2-inf"."""
+    out: dict[int, float] = {}
+    for item in items:
+        m = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(inf|[0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*", item)
+        if not m:
+            raise UsageError(f"invalid --logit-bias {item!r} (expected TOKEN_ID(+/-)BIAS, e.g. 15043+1 or 2-inf)")
+        out[int(m.group(1))] = float(m.group(2) + m.group(3))
+    return out
+
+
 def sampling_params(args) -> SamplingParams:
     return SamplingParams(
         temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
         frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty, seed=args.seed,
+        logit_bias=parse_logit_bias(args.logit_bias),
     )
 
 
