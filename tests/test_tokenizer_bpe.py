@@ -185,7 +185,8 @@ def test_vocab_load_is_fast(bpe_metadata):
 
 def test_tokenizing_100_kb_is_fast(bpe_metadata):
     rng = random.Random(0)
-    words = ["the", "cat", "sat", "on", "mat", "naïve", "日本", "🦙", "12345", "...", "\n", "  ", "tokenizer", "Über"]
+    words = ["the", "cat", "sat", "on", "mat", "naïve", "日本", "🦙", "12345", "...", "\n", "  ", "tokenizer",
+             "Über"]
     text = " ".join(rng.choice(words) + rng.choice(["", "s", "ed", "ing", "!"]) for _ in range(20000)).encode()
     text = text[:100 * 1024].decode("utf-8", errors="ignore").encode("utf-8")
     fresh = load_tokenizer(bpe_metadata)  # empty word cache
@@ -218,7 +219,8 @@ def test_random_text_matches_llama_cpp_python(bpe):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (optional oracle)")
     oracle = llama_cpp.Llama(str(bpe_vocab_path()), vocab_only=True, verbose=False)
     alphabet = list("abcXYZ  \t\n\r'sSdtmlLvVeE.,!?-_0123456789") + [
-        "é", "ß", "日", "🦙", "\u0301", "\u00a0", "\u3000", "ſ", "Ⅻ", "½", "١", "<|eot_id|>", "<|begin_of_text|>"]
+        "é", "ß", "日", "🦙", "\u0301", "\u00a0", "\u3000", "ſ", "Ⅻ", "½", "١", "<|eot_id|>",
+        "<|begin_of_text|>"]
     rng = random.Random(4321)
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))).encode()

@@ -69,7 +69,8 @@ def test_llama_cpp_vocab_test_vectors(spm):
     assert failures == []
 
 
-@pytest.mark.parametrize("cases_file, vocab", [("llama-spm-cases.json", "spm"), ("stories260K-vocab-cases.json", "stories")])
+@pytest.mark.parametrize("cases_file, vocab",
+                         [("llama-spm-cases.json", "spm"), ("stories260K-vocab-cases.json", "stories")])
 def test_golden_cases_ids_and_detok(cases_file, vocab, request):
     tok = request.getfixturevalue(vocab)
     cases = read_json_cases(cases_file)
@@ -118,7 +119,8 @@ def test_llama_detokenize_semantics(spm):
     assert detokenize_like_llama_cpp_python(spm, with_bos) == b"Hello world"
 
 
-@pytest.mark.parametrize("text", ["emoji 🦙🔥 end", "日本語のテキスト", "naïve café — déjà vu", "𝄞 mixed ✓ 中文"])
+@pytest.mark.parametrize("text",
+                         ["emoji 🦙🔥 end", "日本語のテキスト", "naïve café — déjà vu", "𝄞 mixed ✓ 中文"])
 def test_streaming_pieces_rebuild_multibyte_text(stories, text):
     """Byte-fallback tokens split characters; joining raw pieces (and decoding incrementally) gives the text."""
     ids = stories.tokenize(text.encode("utf-8"), add_bos=True)
@@ -190,7 +192,8 @@ def test_out_of_range_special_id_keeps_the_default(spm_metadata):
 
 
 def test_add_bos_without_a_bos_token():
-    metadata = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>"], "tokenizer.ggml.add_bos_token": True}
+    metadata = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>"],
+                "tokenizer.ggml.add_bos_token": True}
     with pytest.raises(TokenizerError, match="add_bos_token"):
         load_tokenizer(metadata, "one-token.gguf")
 
@@ -199,7 +202,8 @@ def test_add_bos_without_a_bos_token():
 def test_random_text_matches_llama_cpp_python(spm):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (optional oracle)")
     oracle = llama_cpp.Llama(str(spm_vocab_path()), vocab_only=True, verbose=False)
-    alphabet = list("abcXYZ  \t\n'.,!?0123456789") + ["é", "日", "🦙", "\u0301", "\u00a0", "<s>", "</s>", "▁", "  "]
+    alphabet = list("abcXYZ  \t\n'.,!?0123456789") + [
+        "é", "日", "🦙", "\u0301", "\u00a0", "<s>", "</s>", "▁", "  "]
     rng = random.Random(1234)
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))).encode()
