@@ -21,7 +21,7 @@ from .generation import Session, StopMatcher, Timings
 from .gguf_file import GGUFFile
 from .model import LlamaModel
 from .sampling import Sampler, SamplingParams
-from .tokenizer import load_tokenizer
+from .tokenizer import detokenize_like_llama_cpp_python, load_tokenizer
 
 
 class Llama:
@@ -105,7 +105,8 @@ class Llama:
         return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(self, tokens, prev_tokens=None, special: bool = False) -> bytes:
-        return self.tokenizer.detokenize(list(tokens), remove_special=False, unparse_special=special)
+        """As llama-cpp-python: the tokens' pieces joined, one leading space dropped after BOS."""
+        return detokenize_like_llama_cpp_python(self.tokenizer, tokens, special=special)
 
     # -- evaluation ------------------------------------------------------------------------------------
     def reset(self) -> None:
