@@ -251,7 +251,8 @@ def test_roundtrip_property(t, n_rows, scale, seed):
     x = (np.random.default_rng(seed).standard_normal((n_rows, 256)) * scale).astype(np.float32)
     y = Q.dequantize(Q.quantize(x, t), t, x.shape)
     err = np.abs(y - x).reshape(-1, qt.block_size).max(1)
-    assert (err <= _ROUNDTRIP_BOUND[t] * np.abs(x).reshape(-1, qt.block_size).max(1) * 1.01 + 1e-30).all()
+    slack = 2.0 ** -19  # f16 scales of tiny blocks are subnormal: 2**-24 steps, times up to 31 levels
+    assert (err <= _ROUNDTRIP_BOUND[t] * np.abs(x).reshape(-1, qt.block_size).max(1) * 1.01 + slack).all()
 
 
 # ---------------------------------------------------------------------------------------------------------

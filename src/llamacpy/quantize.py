@@ -320,7 +320,26 @@ def _check_convertible(name: str, src: int, shape: tuple[int, ...], dst: int, op
 # ---------------------------------------------------------------------------------------------------------
 # conversion and writing
 
-CHUNK_ELEMENTS = 1 << 22  # rows converted per step: bounded f32 scratch, cache-friendly
+CHUNK_ELEMENTS = 1 << 20  # elements converted per step: a reused f32 scratch that stays in cache
+
+
+def convert_rows(raw_rows: np.ndarray, src: int, ncols: int, dst: int) -> np.ndarray:
+    """(n_rows, src_row_bytes) uint8 of type src -> (n_rows, dst_row_bytes) uint8 of type dst, converted in
+    row chunks through one reused float32 buffer."""
+    n_rows = raw_rows.shape[0]
+    out = np.empty((n_rows, Q.QUANT_TYPES[dst].row_bytes(ncols)), np.uint8)
+    step = max(1, CHUNK_ELEMENTS // max(ncols, 1))
+    buf = np.empty((min(step, n_rows), ncols), np.float32)  # (step, ncols)
+    for r0 in range(0, n_rows, step):
+        rows = raw_rows[r0:r0 + step]
+        n = rows.shape[0]
+        if src == Q.F16:  # the common case: decode into the scratch without a fresh allocation
+            np.copyto(buf[:n], rows.view(np.float16))
+            x = buf[:n]
+        else:
+            x = Q.dequantize(rows, src, (n, ncols))  # (n, ncols) f32
+        out[r0:r0 + n] = Q.quantize(x, dst)
+    return out
 
 
 def convert_tensor(f: GGUFFile, name: str, dst: int) -> np.ndarray:
@@ -331,14 +350,7 @@ def convert_tensor(f: GGUFFile, name: str, dst: int) -> np.ndarray:
         return raw
     ncols = ti.shape[-1] if ti.shape else 1
     raw_rows = raw.reshape(-1, raw.shape[-1] if raw.ndim > 1 else raw.size)  # (n_rows, src_row_bytes)
-    n_rows = raw_rows.shape[0]
-    out = np.empty((n_rows, Q.QUANT_TYPES[dst].row_bytes(ncols)), np.uint8)
-    step = max(1, CHUNK_ELEMENTS // max(ncols, 1))
-    for r0 in range(0, n_rows, step):
-        rows = raw_rows[r0:r0 + step]
-        x = Q.dequantize(rows, ti.ggml_type, (rows.shape[0], ncols))  # (rows, ncols) f32
-        out[r0:r0 + rows.shape[0]] = Q.quantize(x, dst)
-    return out
+    return convert_rows(raw_rows, ti.ggml_type, ncols, dst)
 
 
 def output_kvs(f: GGUFFile, ftype: FType) -> list[KV]:

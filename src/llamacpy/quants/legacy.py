@@ -17,7 +17,6 @@ import numba as nb
 import numpy as np
 from numba import prange
 
-from .half import f32_to_f16_bits
 
 F32 = np.float32
 _FLT_MAX = F32(3.4028234663852886e38)
@@ -73,26 +72,27 @@ def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------
 # quantization (numba, parallel over blocks; float32 arithmetic exactly as the C reference)
+#
+# The kernels write the quant bytes and return the float32 scale (and min) of each block in side arrays; the
+# f16 rounding of those is done afterwards in numpy (`_put_f16`). That is exact: the C code computes its
+# inverse scale from the unrounded float d, and only stores the rounded one.
 
 
-@nb.njit(cache=True, inline="always")
-def _store_f16(out, i, o, v):
-    h = f32_to_f16_bits(v)
-    out[i, o] = h & 0xFF
-    out[i, o + 1] = h >> 8
+def _put_f16(out: np.ndarray, offset: int, v: np.ndarray) -> None:
+    out[:, offset:offset + 2] = v.astype(np.float16).view(np.uint8).reshape(-1, 2)
 
 
 @nb.njit(cache=True, inline="always")
 def _signed_absmax(x, i):
-    """The element of largest magnitude (first one on ties), with its sign."""
+    """The element of largest magnitude, first one on ties (as the C loop `if (amax < fabsf(v))`), signed."""
     amax = F32(0.0)
-    mx = F32(0.0)
     for j in range(32):
-        v = x[i, j]
-        if amax < abs(v):
-            amax = abs(v)
-            mx = v
-    return mx
+        amax = max(amax, abs(x[i, j]))
+    if amax > F32(0.0):
+        for j in range(32):
+            if abs(x[i, j]) == amax:
+                return x[i, j]
+    return F32(0.0)  # all zero: C keeps its initial max = 0.0f (so d = -0.0)
 
 
 @nb.njit(cache=True, inline="always")
@@ -100,11 +100,8 @@ def _min_max(x, i):
     lo = _FLT_MAX
     hi = -_FLT_MAX
     for j in range(32):
-        v = x[i, j]
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
+        lo = min(lo, x[i, j])
+        hi = max(hi, x[i, j])
     return lo, hi
 
 
@@ -114,28 +111,28 @@ def _inverse(d):
 
 
 @nb.njit(parallel=True, cache=True)
-def quantize_q4_0(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 18) u8
+def _q4_0(x, out, ds):  # x (n_blocks, 32) f32, out (n_blocks, 18) u8, ds (n_blocks,) f32
     for i in prange(x.shape[0]):
         d = _signed_absmax(x, i) / F32(-8.0)
+        ds[i] = d
         inv = _inverse(d)
-        _store_f16(out, i, 0, d)
         for j in range(16):
-            q0 = min(15, int(x[i, j] * inv + F32(8.5)))
-            q1 = min(15, int(x[i, j + 16] * inv + F32(8.5)))
+            q0 = min(15, np.int32(x[i, j] * inv + F32(8.5)))
+            q1 = min(15, np.int32(x[i, j + 16] * inv + F32(8.5)))
             out[i, 2 + j] = q0 | (q1 << 4)
 
 
 @nb.njit(parallel=True, cache=True)
-def quantize_q4_1(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 20) u8
+def _q4_1(x, out, ds, ms):  # x (n_blocks, 32) f32, out (n_blocks, 20) u8
     for i in prange(x.shape[0]):
         lo, hi = _min_max(x, i)
         d = (hi - lo) / F32(15.0)
+        ds[i] = d
+        ms[i] = lo
         inv = _inverse(d)
-        _store_f16(out, i, 0, d)
-        _store_f16(out, i, 2, lo)
         for j in range(16):
-            q0 = min(15, int((x[i, j] - lo) * inv + F32(0.5)))
-            q1 = min(15, int((x[i, j + 16] - lo) * inv + F32(0.5)))
+            q0 = min(15, np.int32((x[i, j] - lo) * inv + F32(0.5)))
+            q1 = min(15, np.int32((x[i, j + 16] - lo) * inv + F32(0.5)))
             out[i, 4 + j] = q0 | (q1 << 4)
 
 
@@ -146,15 +143,15 @@ def _store_u32(out, i, o, v):
 
 
 @nb.njit(parallel=True, cache=True)
-def quantize_q5_0(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 22) u8
+def _q5_0(x, out, ds):  # x (n_blocks, 32) f32, out (n_blocks, 22) u8
     for i in prange(x.shape[0]):
         d = _signed_absmax(x, i) / F32(-16.0)
+        ds[i] = d
         inv = _inverse(d)
-        _store_f16(out, i, 0, d)
         qh = 0
         for j in range(16):
-            q0 = min(31, int(x[i, j] * inv + F32(16.5)))
-            q1 = min(31, int(x[i, j + 16] * inv + F32(16.5)))
+            q0 = min(31, np.int32(x[i, j] * inv + F32(16.5)))
+            q1 = min(31, np.int32(x[i, j + 16] * inv + F32(16.5)))
             out[i, 6 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
             qh |= ((q0 & 0x10) >> 4) << j
             qh |= ((q1 & 0x10) >> 4) << (j + 16)
@@ -162,17 +159,17 @@ def quantize_q5_0(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 22) u8
 
 
 @nb.njit(parallel=True, cache=True)
-def quantize_q5_1(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 24) u8
+def _q5_1(x, out, ds, ms):  # x (n_blocks, 32) f32, out (n_blocks, 24) u8
     for i in prange(x.shape[0]):
         lo, hi = _min_max(x, i)
         d = (hi - lo) / F32(31.0)
+        ds[i] = d
+        ms[i] = lo
         inv = _inverse(d)
-        _store_f16(out, i, 0, d)
-        _store_f16(out, i, 2, lo)
         qh = 0
         for j in range(16):
-            q0 = int((x[i, j] - lo) * inv + F32(0.5)) & 0xFF
-            q1 = int((x[i, j + 16] - lo) * inv + F32(0.5)) & 0xFF
+            q0 = np.int32((x[i, j] - lo) * inv + F32(0.5)) & 0xFF
+            q1 = np.int32((x[i, j + 16] - lo) * inv + F32(0.5)) & 0xFF
             out[i, 8 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
             qh |= ((q0 & 0x10) >> 4) << j
             qh |= ((q1 & 0x10) >> 4) << (j + 16)
@@ -183,17 +180,42 @@ def quantize_q5_1(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 24) u8
 def _roundf(v):
     """C roundf: half away from zero (exact in float64 for a float32 input)."""
     r = math.floor(abs(np.float64(v)) + 0.5)
-    return int(-r if v < 0 else r)
+    return np.int32(-r if v < 0 else r)
 
 
 @nb.njit(parallel=True, cache=True)
-def quantize_q8_0(x, out):  # x (n_blocks, 32) f32, out (n_blocks, 34) u8
+def _q8_0(x, out, ds):  # x (n_blocks, 32) f32, out (n_blocks, 34) u8
     for i in prange(x.shape[0]):
         amax = F32(0.0)
         for j in range(32):
             amax = max(amax, abs(x[i, j]))
         d = amax / F32(127.0)
+        ds[i] = d
         inv = _inverse(d)
-        _store_f16(out, i, 0, d)
         for j in range(32):
             out[i, 2 + j] = _roundf(x[i, j] * inv) & 0xFF
+
+
+def _with_scale(kernel):
+    def quantize_blocks(x: np.ndarray, out: np.ndarray) -> None:
+        ds = np.empty(x.shape[0], np.float32)  # (n_blocks,)
+        kernel(x, out, ds)
+        _put_f16(out, 0, ds)
+    return quantize_blocks
+
+
+def _with_scale_min(kernel):
+    def quantize_blocks(x: np.ndarray, out: np.ndarray) -> None:
+        ds = np.empty(x.shape[0], np.float32)
+        ms = np.empty(x.shape[0], np.float32)
+        kernel(x, out, ds, ms)
+        _put_f16(out, 0, ds)
+        _put_f16(out, 2, ms)
+    return quantize_blocks
+
+
+quantize_q4_0 = _with_scale(_q4_0)
+quantize_q4_1 = _with_scale_min(_q4_1)
+quantize_q5_0 = _with_scale(_q5_0)
+quantize_q5_1 = _with_scale_min(_q5_1)
+quantize_q8_0 = _with_scale(_q8_0)
