@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-from gguf import quants as gguf_quants
 
+from .. import quants
 from ..errors import LlamacpyError
 
 
@@ -95,7 +95,8 @@ def encode(arr: np.ndarray, dtype: str, qtype: QT) -> np.ndarray:
         return arr  # already bf16 words: keep them
     if qtype == QT.F16 and dtype == "F16":
         return arr
-    return gguf_quants.quantize(to_f32(arr, dtype), qtype)
+    f32 = to_f32(arr, dtype)
+    return quants.quantize(f32.reshape(-1, f32.shape[-1]), int(qtype)).reshape(*f32.shape[:-1], -1)
 
 
 def model_title(folder_name: str) -> str:
