@@ -66,6 +66,15 @@ def repack(typ: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
     raise ValueError(typ)
 
 
+# Loop order (measured): for each block, rows outer and the 16/32 bytes of a block inner -- the inner loop is
+# fully unrolled by LLVM and the row loop vectorised, so the per-row sums stay in registers. Sums are kept in
+# int16 (32 lanes per AVX-512 register) with wrap-around arithmetic: sum((q - off) * x) over a run of n weights
+# is exact in int16 whenever off*127*n <= 32767 -- the wrapped sum of q*x minus the wrapped off*sum(x) lands on
+# the true value (arithmetic mod 2**16). Runs: 32 weights for 4-bit (off 8), 16 for 5-bit (off 16).
+# Measured on a 5632x2048 Q4_0 matrix from DRAM: 12.8 -> 20.5 GB/s on one thread (int32, rows inner -> this).
+I16 = np.int16
+
+
 @nb.njit(**PJIT)
 def mv_q4_0(qs, d, xq, xd, xs, y):
     """y (n_tok, n_out) = W @ x.  xq (n_tok, n_in) int8, xd (n_tok, nb) f32 Q8_0 scales, xs unused (Q8_1 s)."""
@@ -73,48 +82,49 @@ def mv_q4_0(qs, d, xq, xd, xs, y):
     n_tok, n_out = y.shape
     for g in nb.prange(G):
         acc = np.empty(R, np.float32)
-        isum = np.empty(R, np.int32)
         for t in range(n_tok):
             acc[:] = 0.0
             for b in range(nb_):
-                isum[:] = 0
+                o = b * 32
                 sx = 0
-                for j in range(16):
-                    xl = np.int32(xq[t, b * 32 + j])
-                    xh = np.int32(xq[t, b * 32 + 16 + j])
-                    sx += xl + xh
-                    for r in range(R):
-                        v = np.int32(qs[g, b, j, r])
-                        isum[r] += (v & 15) * xl + (v >> 4) * xh
+                for j in range(32):
+                    sx += np.int32(xq[t, o + j])
+                off = I16(8 * sx)
                 f = xd[t, b]
-                off = 8 * sx
                 for r in range(R):
-                    acc[r] += d[g, b, r] * f * np.float32(isum[r] - off)
+                    s = I16(0)
+                    for j in range(16):
+                        v = I16(qs[g, b, j, r])
+                        s = I16(s + I16(I16(v & 15) * I16(xq[t, o + j])) + I16(I16(v >> 4) * I16(xq[t, o + 16 + j])))
+                    acc[r] += d[g, b, r] * f * np.float32(I16(s - off))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
 
 @nb.njit(**PJIT)
 def mv_q4_1(qs, d, m, xq, xd, xs, y):
+    """As mv_q4_0 with w = d*q + m: d*dx*sum(q*x) + m*s (s = Q8_1's f16(dx * sum x))."""
     G, nb_, _, R = qs.shape
     n_tok, n_out = y.shape
     for g in nb.prange(G):
         acc = np.empty(R, np.float32)
-        isum = np.empty(R, np.int32)
         for t in range(n_tok):
             acc[:] = 0.0
             for b in range(nb_):
-                isum[:] = 0
-                for j in range(16):
-                    xl = np.int32(xq[t, b * 32 + j])
-                    xh = np.int32(xq[t, b * 32 + 16 + j])
-                    for r in range(R):
-                        v = np.int32(qs[g, b, j, r])
-                        isum[r] += (v & 15) * xl + (v >> 4) * xh
+                o = b * 32
+                sx = 0
+                for j in range(32):
+                    sx += np.int32(xq[t, o + j])
+                off = I16(8 * sx)
                 f = xd[t, b]
-                s = xs[t, b]
+                sb = xs[t, b]
                 for r in range(R):
-                    acc[r] += d[g, b, r] * f * np.float32(isum[r]) + m[g, b, r] * s
+                    s = I16(0)
+                    for j in range(16):
+                        v = I16(qs[g, b, j, r])
+                        s = I16(s + I16(I16(v & 15) * I16(xq[t, o + j])) + I16(I16(v >> 4) * I16(xq[t, o + 16 + j])))
+                    isum = np.int32(I16(s - off)) + 8 * sx
+                    acc[r] += d[g, b, r] * f * np.float32(isum) + m[g, b, r] * sb
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -125,26 +135,30 @@ def mv_q5_0(qs, qh, d, xq, xd, xs, y):
     n_tok, n_out = y.shape
     for g in nb.prange(G):
         acc = np.empty(R, np.float32)
-        isum = np.empty(R, np.int32)
         for t in range(n_tok):
             acc[:] = 0.0
             for b in range(nb_):
-                isum[:] = 0
-                sx = 0
+                o = b * 32
+                sl = 0
+                sh = 0
                 for j in range(16):
-                    xl = np.int32(xq[t, b * 32 + j])
-                    xh = np.int32(xq[t, b * 32 + 16 + j])
-                    sx += xl + xh
-                    for r in range(R):
-                        v = np.int32(qs[g, b, j, r])
-                        h = qh[g, b, r]
-                        lo = (v & 15) | (np.int32((h >> j) & 1) << 4)
-                        hi = (v >> 4) | (np.int32((h >> (j + 16)) & 1) << 4)
-                        isum[r] += lo * xl + hi * xh
+                    sl += np.int32(xq[t, o + j])
+                    sh += np.int32(xq[t, o + 16 + j])
+                offl = I16(16 * sl)
+                offh = I16(16 * sh)
                 f = xd[t, b]
-                off = 16 * sx
                 for r in range(R):
-                    acc[r] += d[g, b, r] * f * np.float32(isum[r] - off)
+                    a = I16(0)
+                    c = I16(0)
+                    h = qh[g, b, r]
+                    for j in range(16):
+                        v = I16(qs[g, b, j, r])
+                        lo = I16(v & 15) | I16(I16((h >> j) & 1) << 4)
+                        hi = I16(v >> 4) | I16(I16((h >> (j + 16)) & 1) << 4)
+                        a = I16(a + I16(lo * I16(xq[t, o + j])))
+                        c = I16(c + I16(hi * I16(xq[t, o + 16 + j])))
+                    isum = np.int32(I16(a - offl)) + np.int32(I16(c - offh))
+                    acc[r] += d[g, b, r] * f * np.float32(isum)
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -155,30 +169,39 @@ def mv_q5_1(qs, qh, d, m, xq, xd, xs, y):
     n_tok, n_out = y.shape
     for g in nb.prange(G):
         acc = np.empty(R, np.float32)
-        isum = np.empty(R, np.int32)
         for t in range(n_tok):
             acc[:] = 0.0
             for b in range(nb_):
-                isum[:] = 0
+                o = b * 32
+                sl = 0
+                sh = 0
                 for j in range(16):
-                    xl = np.int32(xq[t, b * 32 + j])
-                    xh = np.int32(xq[t, b * 32 + 16 + j])
-                    for r in range(R):
-                        v = np.int32(qs[g, b, j, r])
-                        h = qh[g, b, r]
-                        lo = (v & 15) | (np.int32((h >> j) & 1) << 4)
-                        hi = (v >> 4) | (np.int32((h >> (j + 16)) & 1) << 4)
-                        isum[r] += lo * xl + hi * xh
+                    sl += np.int32(xq[t, o + j])
+                    sh += np.int32(xq[t, o + 16 + j])
+                offl = I16(16 * sl)
+                offh = I16(16 * sh)
                 f = xd[t, b]
-                s = xs[t, b]
+                sb = xs[t, b]
                 for r in range(R):
-                    acc[r] += d[g, b, r] * f * np.float32(isum[r]) + m[g, b, r] * s
+                    a = I16(0)
+                    c = I16(0)
+                    h = qh[g, b, r]
+                    for j in range(16):
+                        v = I16(qs[g, b, j, r])
+                        lo = I16(v & 15) | I16(I16((h >> j) & 1) << 4)
+                        hi = I16(v >> 4) | I16(I16((h >> (j + 16)) & 1) << 4)
+                        a = I16(a + I16(lo * I16(xq[t, o + j])))
+                        c = I16(c + I16(hi * I16(xq[t, o + 16 + j])))
+                    isum = np.int32(I16(a - offl)) + np.int32(I16(c - offh)) + 16 * (sl + sh)
+                    acc[r] += d[g, b, r] * f * np.float32(isum) + m[g, b, r] * sb
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
 
 @nb.njit(**PJIT)
 def mv_q8_0(qs, d, xq, xd, xs, y):
+    """int8 x int8 products need int32 sums (|q*x| up to 16256, 32 of them). Here the other loop order measured
+    faster (21 vs 12 GB/s on one thread): bytes outer, rows inner, row sums in a small int32 array."""
     G, nb_, _, R = qs.shape
     n_tok, n_out = y.shape
     for g in nb.prange(G):

@@ -113,6 +113,20 @@ def drop_pages(a: np.ndarray) -> None:
         _libc.madvise(lo, hi - lo, 4)  # MADV_DONTNEED
 
 
+# -- activation quantization, shared by consecutive matmuls of the same input (q/k/v, gate/up) -------------------
+_last = {False: (None, None), True: (None, None)}  # kquant? -> (copy of x, its quantization)
+
+
+def _quantized(x: np.ndarray, kquant: bool):
+    """Q8_K (kquant) or Q8_0/Q8_1 quantization of x, reused while x is bitwise the same as last time."""
+    prev, res = _last[kquant]
+    if prev is not None and prev.shape == x.shape and np.array_equal(prev, x):
+        return res
+    res = q8.quantize_q8_k(x) if kquant else q8.quantize_q8_0(x)
+    _last[kquant] = (x.copy(), res)
+    return res
+
+
 # -- Linear objects ----------------------------------------------------------------------------------------------
 class Linear:
     """A weight matrix (n_out, n_in) in its file type.  y = lin(x): (n_tokens, n_in) f32 -> (n_tokens, n_out)."""
@@ -244,11 +258,7 @@ class LinearQuant(Linear):
         if self.packed is None:
             dequant.matvec_generic(self.ggml_type, self.raw, self._round_activations(x), out, F16_TABLE)
             return
-        if self.kquant:
-            xq, xd, xs = q8.quantize_q8_k(x)
-        else:
-            xq, xd, xs = q8.quantize_q8_0(x)
-        _MV[self.ggml_type](*self.packed, xq, xd, xs, out)
+        _MV[self.ggml_type](*self.packed, *_quantized(x, self.kquant), out)
 
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)

@@ -11,19 +11,35 @@ Must not: know weight layouts. No fastmath here: the rounding must match llama.c
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 
-from .common import f16_round
 
 _QJIT = dict(cache=True, nogil=True)  # no fastmath: division and rounding must stay IEEE
 
 
+@nb.njit(inline="always", **_QJIT)
+def _round_f16(x):
+    """float32 x rounded to the nearest float16 value (ties to even), as float32 (no overflow handling:
+    block scales are far below 65504)."""
+    if x == 0.0:
+        return np.float32(0.0)
+    m, e = math.frexp(np.float64(x))  # x = m * 2**e, 0.5 <= |m| < 1; f16 keeps 11 significant bits
+    ulp = max(e - 11, -24)  # f16 subnormals have a fixed ulp of 2**-24
+    return np.float32(np.rint(np.float64(x) * 2.0 ** (-ulp)) * 2.0 ** ulp)
+
+
 @nb.njit(**_QJIT)
-def _q8_0_rows(x, qx, d_raw, isum):
-    """x (n, k) f32 -> qx (n, k) int8, d_raw (n, k/32) f32 = amax/127 (before f16 rounding), isum (n, k/32) int32."""
+def _q8_0(x):
+    """x (n, k) f32 -> qx (n, k) int8, dx (n, k/32) f32 (f16-exact scale amax/127), sx (n, k/32) f32 (Q8_1's
+    s = f16(d * sum q) with the unrounded d, as ggml's quantize_row_q8_1)."""
     n, k = x.shape
     nb_ = k // 32
+    qx = np.empty((n, k), np.int8)
+    dx = np.empty((n, nb_), np.float32)
+    sx = np.empty((n, nb_), np.float32)
     for t in range(n):
         for b in range(nb_):
             amax = np.float32(0.0)
@@ -38,25 +54,24 @@ def _q8_0_rows(x, qx, d_raw, isum):
                 q = np.int32(np.rint(x[t, b * 32 + j] * iscale))
                 qx[t, b * 32 + j] = q
                 s += q
-            d_raw[t, b] = d
-            isum[t, b] = s
+            dx[t, b] = _round_f16(d)
+            sx[t, b] = _round_f16(d * np.float32(s))
+    return qx, dx, sx
 
 
 def quantize_q8_0(x: np.ndarray):
     """x (n, k) float32, k % 32 == 0 -> (qx int8 (n, k), dx f32 (n, k/32) f16-exact, sx f32 (n, k/32)).
     sx = f16(d * sum(q)) is Q8_1's `s` (used by Q4_1/Q5_1 for the min term)."""
-    n, k = x.shape
-    qx = np.empty((n, k), np.int8)
-    d_raw = np.empty((n, k // 32), np.float32)
-    isum = np.empty((n, k // 32), np.int32)
-    _q8_0_rows(x, qx, d_raw, isum)
-    return qx, f16_round(d_raw), f16_round(d_raw * isum.astype(np.float32))
+    return _q8_0(x)
 
 
 @nb.njit(**_QJIT)
-def _q8_k_rows(x, qx, d, bsums):
+def _q8_k(x):
     """x (n, k) f32 -> qx (n, k) int8, d (n, k/256) f32, bsums (n, k/16) int32."""
     n, k = x.shape
+    qx = np.empty((n, k), np.int8)
+    d = np.empty((n, k // 256), np.float32)
+    bsums = np.empty((n, k // 16), np.int32)
     for t in range(n):
         for b in range(k // 256):
             o = b * 256
@@ -85,16 +100,12 @@ def _q8_k_rows(x, qx, d, bsums):
                     s += q
                 bsums[t, b * 16 + j] = s
             d[t, b] = np.float32(1.0) / iscale
+    return qx, d, bsums
 
 
 def quantize_q8_k(x: np.ndarray):
     """x (n, k) float32, k % 256 == 0 -> (qx int8 (n, k), d f32 (n, k/256), bsums int32 (n, k/16))."""
-    n, k = x.shape
-    qx = np.empty((n, k), np.int8)
-    d = np.empty((n, k // 256), np.float32)
-    bsums = np.empty((n, k // 16), np.int32)
-    _q8_k_rows(x, qx, d, bsums)
-    return qx, d, bsums
+    return _q8_k(x)
 
 
 def fake_quant_q8_0(x: np.ndarray) -> np.ndarray:
