@@ -41,3 +41,31 @@ def bf16_round(a: np.ndarray) -> np.ndarray:
     if nan.any():
         r = np.where(nan, ((u >> np.uint32(16)) | np.uint32(64)) << np.uint32(16), r)
     return r.astype(np.uint32).view(np.float32)
+
+
+# -- scalar bit casts numba lacks (LLVM instructions; they vectorise: fpext half->float is vcvtph2ps) ------------
+from numba.core import types as _types  # noqa: E402
+from numba.extending import intrinsic as _intrinsic  # noqa: E402
+from llvmlite import ir as _ir  # noqa: E402
+
+
+@_intrinsic
+def f16_bits_to_f32(typingctx, v):
+    """uint16 float16 bit pattern -> its float32 value (exact, subnormals and inf/nan included)."""
+    sig = _types.float32(_types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
+
+    return sig, codegen
+
+
+@_intrinsic
+def bits_to_f32(typingctx, v):
+    """uint32 bit pattern -> float32 (a reinterpretation, as C's memcpy)."""
+    sig = _types.float32(_types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _ir.FloatType())
+
+    return sig, codegen

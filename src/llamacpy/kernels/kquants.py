@@ -1,5 +1,4 @@
-"""Decode kernels for the k-quants Q4_K, Q5_K, Q6_K on a row-interleaved repack (Q2_K and Q3_K take the
-generic dequantize-and-dot path in dequant.py).
+"""Decode kernels for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K on a row-interleaved repack.
 
 Owns: `repack(typ, raw, n_out, n_in, R)` (numpy, once at load) and `mv_q4_k/mv_q5_k/mv_q6_k` (numba, one call
 per matrix, prange over groups of R rows). As in the legacy kernels, byte j of the R rows of a group sits
@@ -13,6 +12,10 @@ Layouts (G groups of R rows, nS = n_in / 256 super-blocks; zero rows pad the las
                weight 32*s+l (Q5_K); sc, mn (G, nS*8, R) uint8; d, dmin (G, nS, R) f32
     Q6_K:      ql (G, nS*2, 64, R), qh (G, nS*2, 32, R) uint8 (ggml's order per 128-weight half);
                sc (G, nS*16, R) int8; d (G, nS, R) f32
+    Q3_K:      qs (G, nS*2, 32, R) uint8 (2-bit, ggml's order), hm (G, nS, 32, R) uint8 (hmask);
+               sc (G, nS*16, R) int8 (6-bit scale - 32); d (G, nS, R) f32
+    Q2_K:      qs (G, nS*2, 32, R) uint8; scm (G, nS*16, R) uint8 (ggml's scale|min<<4 byte); d, dmin (G, nS, R)
+Weight i = 128n + 32k + l of a super-block (Q2_K/Q3_K/Q6_K) sits in byte l of half n at bit offset 2k.
 Must not: quantize activations (q8.py) or choose paths (linear.py).
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .common import PJIT, Q4_K, Q5_K, Q6_K, BLOCK
+from .common import PJIT, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BLOCK
 from .legacy import _groups
 
 
@@ -55,6 +58,18 @@ def repack(typ: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
         if typ == Q5_K:
             out = (out[0], _il(blk[:, :, 16:48], n_out, R)) + out[1:]
         return out
+    if typ == Q3_K:
+        hm = _il(blk[:, :, 0:32], n_out, R)  # (G, nS, 32, R)
+        qs = _il(blk[:, :, 32:96].reshape(n_out, nS * 2, 32), n_out, R)
+        s = blk[:, :, 96:108]
+        lo = np.concatenate([s[..., 0:8] & 15, s[..., 0:8] >> 4], axis=-1)  # (n_out, nS, 16)
+        hi = np.concatenate([(s[..., 8:12] >> (2 * k)) & 3 for k in range(4)], axis=-1)
+        sc = ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8).reshape(n_out, nS * 16)
+        return qs, hm, _il(sc, n_out, R), _il(_f16_at(blk, 108), n_out, R)
+    if typ == Q2_K:
+        qs = _il(blk[:, :, 16:80].reshape(n_out, nS * 2, 32), n_out, R)
+        scm = _il(blk[:, :, 0:16].reshape(n_out, nS * 16), n_out, R)  # low nibble scale, high nibble min
+        return qs, scm, _il(_f16_at(blk, 80), n_out, R), _il(_f16_at(blk, 82), n_out, R)
     if typ == Q6_K:
         ql = _il(blk[:, :, 0:128].reshape(n_out, nS * 2, 64), n_out, R)
         qh = _il(blk[:, :, 128:192].reshape(n_out, nS * 2, 32), n_out, R)
@@ -221,5 +236,115 @@ def mv_q6_k(ql, qh, sc, d, xq, xd, bsums, y):
                 f = xd[t, S]
                 for r in range(R):
                     acc[r] += f * d[g, S, r] * np.float32(aS[r])
+            for r in range(min(R, n_out - g * R)):
+                y[t, g * R + r] = acc[r]
+
+
+@nb.njit(**PJIT)
+def mv_q3_k(qs, hm, sc, d, xq, xd, bsums, y):
+    """3-bit u = q2 | hbit << 2 in 0..7 (ggml's q = u - 4): sums of u*x over 16 fit int16 without wrapping."""
+    G, _, _, R = qs.shape
+    nS = d.shape[1]
+    n_tok, n_out = y.shape
+    for g in nb.prange(G):
+        acc = np.empty(R, np.float32)
+        aS = np.empty(R, np.int32)
+        i0 = np.empty(R, np.int16)
+        i1 = np.empty(R, np.int16)
+        i2 = np.empty(R, np.int16)
+        i3 = np.empty(R, np.int16)
+        for t in range(n_tok):
+            acc[:] = 0.0
+            for S in range(nS):
+                aS[:] = 0
+                for n in range(2):
+                    h = S * 2 + n
+                    o = S * 256 + n * 128
+                    hs = 4 * n
+                    for lh in range(2):
+                        sb = S * 16 + n * 8 + lh  # sub-block (scale and Q8_K sum) of k=0; k adds 2
+                        c0 = 4 * bsums[t, sb]
+                        c1 = 4 * bsums[t, sb + 2]
+                        c2 = 4 * bsums[t, sb + 4]
+                        c3 = 4 * bsums[t, sb + 6]
+                        i0[:] = 0
+                        i1[:] = 0
+                        i2[:] = 0
+                        i3[:] = 0
+                        for l in range(lh * 16, lh * 16 + 16):
+                            x0 = I16(xq[t, o + l])
+                            x1 = I16(xq[t, o + 32 + l])
+                            x2 = I16(xq[t, o + 64 + l])
+                            x3 = I16(xq[t, o + 96 + l])
+                            for r in range(R):
+                                q = I16(qs[g, h, l, r])
+                                m = I16(hm[g, S, l, r]) >> hs
+                                i0[r] = I16(i0[r] + I16((I16(q & 3) | I16((m & 1) << 2)) * x0))
+                                i1[r] = I16(i1[r] + I16((I16((q >> 2) & 3) | I16(m & 2) << 1) * x1))
+                                i2[r] = I16(i2[r] + I16((I16((q >> 4) & 3) | I16(m & 4)) * x2))
+                                i3[r] = I16(i3[r] + I16((I16(q >> 6) | I16((m & 8) >> 1)) * x3))
+                        for r in range(R):
+                            aS[r] += (np.int32(sc[g, sb, r]) * (np.int32(i0[r]) - c0)
+                                      + np.int32(sc[g, sb + 2, r]) * (np.int32(i1[r]) - c1)
+                                      + np.int32(sc[g, sb + 4, r]) * (np.int32(i2[r]) - c2)
+                                      + np.int32(sc[g, sb + 6, r]) * (np.int32(i3[r]) - c3))
+                f = xd[t, S]
+                for r in range(R):
+                    acc[r] += f * d[g, S, r] * np.float32(aS[r])
+            for r in range(min(R, n_out - g * R)):
+                y[t, g * R + r] = acc[r]
+
+
+@nb.njit(**PJIT)
+def mv_q2_k(qs, scm, d, dmin, xq, xd, bsums, y):
+    """w = d*sc*q - dmin*m per 16 weights: d*sum(sc * sum(q*x)) - dmin*sum(m * bsum), q*x sums in int16."""
+    G, _, _, R = qs.shape
+    nS = d.shape[1]
+    n_tok, n_out = y.shape
+    for g in nb.prange(G):
+        acc = np.empty(R, np.float32)
+        aS = np.empty(R, np.int32)
+        aM = np.empty(R, np.int32)
+        i0 = np.empty(R, np.int16)
+        i1 = np.empty(R, np.int16)
+        i2 = np.empty(R, np.int16)
+        i3 = np.empty(R, np.int16)
+        for t in range(n_tok):
+            acc[:] = 0.0
+            for S in range(nS):
+                aS[:] = 0
+                aM[:] = 0
+                for j in range(16):
+                    bj = bsums[t, S * 16 + j]
+                    for r in range(R):
+                        aM[r] += np.int32(scm[g, S * 16 + j, r] >> 4) * bj
+                for n in range(2):
+                    h = S * 2 + n
+                    o = S * 256 + n * 128
+                    for lh in range(2):
+                        sb = S * 16 + n * 8 + lh
+                        i0[:] = 0
+                        i1[:] = 0
+                        i2[:] = 0
+                        i3[:] = 0
+                        for l in range(lh * 16, lh * 16 + 16):
+                            x0 = I16(xq[t, o + l])
+                            x1 = I16(xq[t, o + 32 + l])
+                            x2 = I16(xq[t, o + 64 + l])
+                            x3 = I16(xq[t, o + 96 + l])
+                            for r in range(R):
+                                q = I16(qs[g, h, l, r])
+                                i0[r] = I16(i0[r] + I16(I16(q & 3) * x0))
+                                i1[r] = I16(i1[r] + I16(I16((q >> 2) & 3) * x1))
+                                i2[r] = I16(i2[r] + I16(I16((q >> 4) & 3) * x2))
+                                i3[r] = I16(i3[r] + I16(I16(q >> 6) * x3))
+                        for r in range(R):
+                            aS[r] += (np.int32(scm[g, sb, r] & 15) * np.int32(i0[r])
+                                      + np.int32(scm[g, sb + 2, r] & 15) * np.int32(i1[r])
+                                      + np.int32(scm[g, sb + 4, r] & 15) * np.int32(i2[r])
+                                      + np.int32(scm[g, sb + 6, r] & 15) * np.int32(i3[r]))
+                f = xd[t, S]
+                for r in range(R):
+                    acc[r] += f * (d[g, S, r] * np.float32(aS[r]) - dmin[g, S, r] * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]

@@ -3,8 +3,8 @@
 Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
     decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
-        the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dequant.matvec_generic for
-        Q2_K/Q3_K, dense.mv_half for F16/BF16).
+        the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dense.mv_half for F16/BF16;
+        dequant.matvec_generic when a repack is declined).
     prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of TILE rows
         dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
@@ -36,10 +36,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 SUPPORTED = {F32, F16, BF16} | set(LEGACY) | set(KQUANTS)
 DECODE_MAX = 8     # batches up to this many tokens take the integer matvec kernels (crossover measured 8-16)
 TILE = 128         # rows per dequantized f32 tile in the prompt path
-GROUP_ROWS = 64    # R: rows per interleaved group in the repacked layouts
+# R: rows per interleaved group (default 64), measured per type on 5632x2048 from DRAM, one thread:
+# Q6_K 8.9 -> 13.3 GB/s going from 64 to 256 rows, Q2_K 5.6 -> 11.5, Q4_K 16.1 -> 17.0 at 128; Q4_0, Q8_0,
+# Q5_K and Q3_K are best at 64
+GROUP_ROWS = {Q6_K: 256, Q2_K: 256, Q4_K: 128}
+# Decode matmuls over fewer weight bytes than this run on the calling thread alone: waking the second OpenMP
+# thread (passive wait policy) costs more than it saves on a small matrix (measured: 256x2048 Q4_0, 24 us on one
+# thread vs 30-40 us on two).
+SMALL_BYTES = 1 << 20
 
 _MV = {Q4_0: legacy.mv_q4_0, Q4_1: legacy.mv_q4_1, Q5_0: legacy.mv_q5_0, Q5_1: legacy.mv_q5_1,
-       Q8_0: legacy.mv_q8_0, Q4_K: kquants.mv_q4_k, Q5_K: kquants.mv_q5_k, Q6_K: kquants.mv_q6_k}
+       Q8_0: legacy.mv_q8_0, Q2_K: kquants.mv_q2_k, Q3_K: kquants.mv_q3_k, Q4_K: kquants.mv_q4_k,
+       Q5_K: kquants.mv_q5_k, Q6_K: kquants.mv_q6_k}
 
 
 # -- threads -----------------------------------------------------------------------------------------------------
@@ -151,10 +159,16 @@ class Linear:
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = self._out(x, out)
-        if x.shape[0] <= DECODE_MAX:
-            self._decode(x, out)
-        else:
+        if x.shape[0] > DECODE_MAX:
             self._prompt(x, out)
+        elif self.nbytes < SMALL_BYTES and (n_threads := nb.get_num_threads()) > 1:
+            nb.set_num_threads(1)
+            try:
+                self._decode(x, out)
+            finally:
+                nb.set_num_threads(n_threads)
+        else:
+            self._decode(x, out)
         return out
 
     # prompt path shared by every non-F32 type: f32 tiles of the weights times rounded activations
@@ -207,10 +221,7 @@ class LinearHalf(Linear):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
 
     def _decode(self, x, out):
-        xr = self._round_activations(x)
-        if self.kind == dense.KIND_F16:
-            xr *= dense.F16_PRESCALE
-        dense.mv_half(self.w16, self.kind, xr, out)
+        dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
 
     def _tile(self, r0, tile):
         dense.half_to_f32_range(self.w16, self.kind, r0, tile)
@@ -241,7 +252,8 @@ class LinearQuant(Linear):
         only read by rows -- the token embeddings -- is never repacked)."""
         if self.packed is None and self._want_repack:
             mod = kquants if self.kquant else legacy
-            self.packed = mod.repack(self.ggml_type, self.raw, self.n_out, self.n_in, GROUP_ROWS)
+            R = GROUP_ROWS.get(self.ggml_type, 64)
+            self.packed = mod.repack(self.ggml_type, self.raw, self.n_out, self.n_in, R)
             drop_pages(self.raw)
 
     @property
