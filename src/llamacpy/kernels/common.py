@@ -69,3 +69,15 @@ def bits_to_f32(typingctx, v):
         return builder.bitcast(args[0], _ir.FloatType())
 
     return sig, codegen
+
+
+@_intrinsic
+def f32_round_f16(typingctx, v):
+    """float32 rounded to the nearest float16 (ties to even; overflow to inf), back as float32:
+    LLVM fptrunc/fpext, i.e. vcvtps2ph/vcvtph2ps -- what ggml's FP32_TO_FP16 does."""
+    sig = _types.float32(_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], _ir.HalfType()), _ir.FloatType())
+
+    return sig, codegen

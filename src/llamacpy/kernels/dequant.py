@@ -235,3 +235,18 @@ def matvec_generic(typ, raw, xh, y, tab):
                 for i in range(n_in):
                     s += w[i] * xh[t, i]
                 y[t, r] = s
+
+
+@nb.njit(**PJIT)
+def dequant_range_split_min(typ, raw, r0, out, mins, tab):
+    """Q4_1/Q5_1 tile without the min: out[i] = d*q of row r0+i (n, n_in); mins[i, b] = m of block b (n, nb).
+    The prompt path adds the min term as llama.cpp does, m * s with Q8_1's s = f16(dx * sum q) per block."""
+    for i in nb.prange(out.shape[0]):
+        row = raw[r0 + i]
+        _dq_row(typ, row, out[i], tab)
+        bs = 20 if typ == Q4_1 else 24
+        for b in range(mins.shape[1]):
+            m = _f16(row, b * bs + 2, tab)
+            mins[i, b] = m
+            for j in range(32):
+                out[i, b * 32 + j] -= m

@@ -275,6 +275,25 @@ class LinearQuant(Linear):
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
 
+    def _prompt(self, x, out):
+        if self.ggml_type not in (Q4_1, Q5_1):
+            return super()._prompt(x, out)
+        # llama.cpp's Q4_1/Q5_1 dot is d*dx*sum(q*qx) + m*s with s = f16(dx*sum qx) (Q8_1): the f16 rounding
+        # of s is not in (dx*qx) @ (d*q + m), and it moves logits by ~0.2 -- so the min term goes separately
+        qx, dx, sx = q8.quantize_q8_0(x)
+        n, k = x.shape
+        xr = (qx.reshape(n, k // 32, 32).astype(np.float32) * dx[:, :, None]).reshape(n, k)  # (n, n_in)
+        tile = np.empty((min(TILE, self.n_out), self.n_in), np.float32)
+        mins = np.empty((tile.shape[0], self.n_in // 32), np.float32)
+        tmp = np.empty((n, tile.shape[0]), np.float32)
+        for r0 in range(0, self.n_out, TILE):
+            m = min(TILE, self.n_out - r0)
+            dequant.dequant_range_split_min(self.ggml_type, self.raw, r0, tile[:m], mins[:m], F16_TABLE)
+            np.matmul(xr, tile[:m].T, out=tmp[:, :m])
+            tmp[:, :m] += sx @ mins[:m].T
+            out[:, r0:r0 + m] = tmp[:, :m]
+        self._after_prompt()
+
     def _after_prompt(self):
         if self.packed is not None:
             drop_pages(self.raw)

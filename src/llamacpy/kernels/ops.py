@@ -12,6 +12,8 @@ import math
 import numba as nb
 import numpy as np
 
+from .common import f32_round_f16
+
 _JIT = dict(cache=True, nogil=True, fastmath=True)
 
 
@@ -114,11 +116,15 @@ def attention(q, k_cache, v_cache, start, n_head, scale, out):
         n_kv = start + t + 1
         scores = np.empty(n_kv, dtype=np.float32)
         qoff = h * dk
+        # llama.cpp's KQ product takes the F16 cache's vec_dot type: q is rounded to f16 first
+        qh = np.empty(dk, dtype=np.float32)
+        for i in range(dk):
+            qh[i] = f32_round_f16(q[t, qoff + i])
         mx = -np.inf
         for j in range(n_kv):
             s = np.float32(0.0)
             for i in range(dk):
-                s += q[t, qoff + i] * k_cache[kvh, j, i]
+                s += qh[i] * k_cache[kvh, j, i]
             s *= scale
             scores[j] = s
             if s > mx:
@@ -133,7 +139,7 @@ def attention(q, k_cache, v_cache, start, n_head, scale, out):
         for i in range(dv):
             out[t, ooff + i] = 0.0
         for j in range(n_kv):
-            p = scores[j] * inv
+            p = f32_round_f16(scores[j] * inv)  # the KQV product rounds the probabilities to f16 likewise
             for i in range(dv):
                 out[t, ooff + i] += p * v_cache[kvh, j, i]
 
