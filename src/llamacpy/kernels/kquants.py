@@ -3,17 +3,17 @@
 Owns: `repack(typ, raw, n_out, n_in, R)` (numpy, once at load) and `mv_q4_k/mv_q5_k/mv_q6_k` (numba, one call
 per matrix, prange over groups of R rows). As in the legacy kernels, byte j of the R rows of a group sits
 contiguous so the innermost loop runs across rows; the packed 6-bit sub-block scales/mins are unpacked to bytes
-and the f16 super-block scales to f32 at repack. Arithmetic is llama.cpp's vec_dot_qK_q8_K: int32 sums per
+(the f16 super-block scales stay f16, converted in the kernel). Arithmetic is llama.cpp's vec_dot_qK_q8_K: int32 sums per
 sub-block times the integer sub-block scale, mins through the Q8_K block sums, f32 per super-block.
 
 Layouts (G groups of R rows, nS = n_in / 256 super-blocks; zero rows pad the last group):
     Q4_K/Q5_K: qs (G, nS*4, 32, R) uint8 -- chunk c of 64 weights: byte l low nibble = weight l,
                high nibble = weight 32+l (ggml's own order); qh (G, nS, 32, R) uint8 bit s = 5th bit of
-               weight 32*s+l (Q5_K); sc, mn (G, nS*8, R) uint8; d, dmin (G, nS, R) f32
+               weight 32*s+l (Q5_K); sc, mn (G, nS*8, R) uint8; d, dmin (G, nS, R) uint16 (f16 bits)
     Q6_K:      ql (G, nS*2, 64, R), qh (G, nS*2, 32, R) uint8 (ggml's order per 128-weight half);
-               sc (G, nS*16, R) int8; d (G, nS, R) f32
+               sc (G, nS*16, R) int8; d (G, nS, R) uint16 (f16 bits)
     Q3_K:      qs (G, nS*2, 32, R) uint8 (2-bit, ggml's order), hm (G, nS, 32, R) uint8 (hmask);
-               sc (G, nS*16, R) int8 (6-bit scale - 32); d (G, nS, R) f32
+               sc (G, nS*16, R) int8 (6-bit scale - 32); d (G, nS, R) f16 bits
     Q2_K:      qs (G, nS*2, 32, R) uint8; scm (G, nS*16, R) uint8 (ggml's scale|min<<4 byte); d, dmin (G, nS, R)
 Weight i = 128n + 32k + l of a super-block (Q2_K/Q3_K/Q6_K) sits in byte l of half n at bit offset 2k.
 Must not: quantize activations (q8.py) or choose paths (linear.py).
@@ -24,18 +24,12 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .common import PJIT, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BLOCK
-from .legacy import _groups
-
-
-def _il(a: np.ndarray, n_out: int, R: int) -> np.ndarray:
-    """(n_out, A, ...) -> (G, A, ..., R) contiguous."""
-    g = _groups(a, n_out, R)
-    return np.ascontiguousarray(np.moveaxis(g, 1, -1))
+from .common import PJIT, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BLOCK, f16_bits_to_f32
+from .legacy import _f16_bits, _il
 
 
 def _f16_at(blk: np.ndarray, o: int) -> np.ndarray:
-    return np.ascontiguousarray(blk[:, :, o:o + 2]).view(np.float16)[:, :, 0].astype(np.float32)  # (n_out, nS)
+    return _f16_bits(blk, o)  # (n_out, nS) uint16 f16 bits
 
 
 def _scale_min_k4(s: np.ndarray):
@@ -126,7 +120,7 @@ def mv_q4_k(qs, sc, mn, d, dmin, xq, xd, bsums, y):
                         aM[r] += np.int32(mn[g, s0, r]) * bA + np.int32(mn[g, s0 + 1, r]) * bB
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (d[g, S, r] * np.float32(aS[r]) - dmin[g, S, r] * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -175,7 +169,7 @@ def mv_q5_k(qs, qh, sc, mn, d, dmin, xq, xd, bsums, y):
                         aM[r] += np.int32(mn[g, s0, r]) * bA + np.int32(mn[g, s0 + 1, r]) * bB
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (d[g, S, r] * np.float32(aS[r]) - dmin[g, S, r] * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -235,7 +229,7 @@ def mv_q6_k(ql, qh, sc, d, xq, xd, bsums, y):
                                       + np.int32(sc[g, sb + 6, r]) * np.int32(I16(i3[r] - c3)))
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * d[g, S, r] * np.float32(aS[r])
+                    acc[r] += f * f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r])
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -290,7 +284,7 @@ def mv_q3_k(qs, hm, sc, d, xq, xd, bsums, y):
                                       + np.int32(sc[g, sb + 6, r]) * (np.int32(i3[r]) - c3))
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * d[g, S, r] * np.float32(aS[r])
+                    acc[r] += f * f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r])
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -345,6 +339,6 @@ def mv_q2_k(qs, scm, d, dmin, xq, xd, bsums, y):
                                       + np.int32(scm[g, sb + 6, r] & 15) * np.int32(i3[r]))
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (d[g, S, r] * np.float32(aS[r]) - dmin[g, S, r] * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]

@@ -10,7 +10,7 @@ Layouts (G = ceil(n_out / R) groups, nb = n_in / 32 blocks; rows past n_out are 
     qs (G, nb, 16, R) uint8   byte j: low nibble = weight j, high nibble = weight j+16 (Q4_*, Q5_*)
     qs (G, nb, 32, R) int8    (Q8_0)
     qh (G, nb, R) uint32      bit j = 5th bit of weight j (Q5_*)
-    d, m (G, nb, R) float32   block scale, min (Q4_1/Q5_1)
+    d, m (G, nb, R) uint16    block scale, min (Q4_1/Q5_1) as f16 bits -- the repack is no bigger than the file
 Must not: quantize activations (q8.py) or choose paths (linear.py).
 """
 
@@ -19,32 +19,48 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .common import PJIT
+from .common import PJIT, f16_bits_to_f32
 
 
-def _groups(a: np.ndarray, n_out: int, R: int) -> np.ndarray:
-    """(n_out, ...) -> (G, R, ...) with zero rows appended up to a multiple of R."""
-    G = -(-n_out // R)
-    if G * R != n_out:
-        pad = np.zeros((G * R - n_out,) + a.shape[1:], a.dtype)
-        a = np.concatenate([a, pad])
-    return a.reshape((G, R) + a.shape[1:])
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _interleave(src, out):
+    """out[g, a, b, r] = src[g*R + r, a, b] (zero where g*R + r >= n_out).  src: (n_out, A, B) any strides;
+    out: (G, A, B, R). One parallel pass -- measured ~10x faster than numpy's pad + transpose + copy."""
+    n_out, A, B = src.shape
+    G, _, _, R = out.shape
+    for g in nb.prange(G):
+        for a in range(A):
+            for b in range(B):
+                for r in range(R):
+                    i = g * R + r
+                    out[g, a, b, r] = src[i, a, b] if i < n_out else 0
+
+
+def _il(a: np.ndarray, n_out: int, R: int) -> np.ndarray:
+    """(n_out, A) or (n_out, A, B) -> (G, A, R) or (G, A, B, R): rows interleaved in groups of R, zero padded."""
+    a3 = a if a.ndim == 3 else a[:, :, None]
+    out = np.empty((-(-n_out // R), a3.shape[1], a3.shape[2], R), a.dtype)
+    _interleave(a3, out)
+    return out if a.ndim == 3 else out[:, :, 0, :]
+
+
+def _f16_bits(blk: np.ndarray, o: int) -> np.ndarray:
+    """The f16 at byte o of every block, as its uint16 bits: (n_out, nb)."""
+    return np.ascontiguousarray(blk[:, :, o:o + 2]).view(np.uint16)[:, :, 0]
 
 
 def _scale(blk: np.ndarray, o: int, n_out: int, R: int) -> np.ndarray:
-    """f16 at byte o of every block -> (G, nb, R) float32."""
-    v = np.ascontiguousarray(blk[:, :, o:o + 2]).view(np.float16)[:, :, 0].astype(np.float32)  # (n_out, nb)
-    return np.ascontiguousarray(_groups(v, n_out, R).transpose(0, 2, 1))
+    """f16 at byte o of every block -> (G, nb, R) uint16 f16 bits (converted in the kernels: vcvtph2ps)."""
+    return _il(_f16_bits(blk, o), n_out, R)
 
 
 def _quants(blk: np.ndarray, o: int, n: int, n_out: int, R: int) -> np.ndarray:
     """bytes o..o+n of every block -> (G, nb, n, R)."""
-    return np.ascontiguousarray(_groups(blk[:, :, o:o + n], n_out, R).transpose(0, 2, 3, 1))
+    return _il(blk[:, :, o:o + n], n_out, R)
 
 
 def _qh(blk: np.ndarray, o: int, n_out: int, R: int) -> np.ndarray:
-    v = np.ascontiguousarray(blk[:, :, o:o + 4]).view("<u4")[:, :, 0]  # (n_out, nb)
-    return np.ascontiguousarray(_groups(v, n_out, R).transpose(0, 2, 1))
+    return _il(np.ascontiguousarray(blk[:, :, o:o + 4]).view("<u4")[:, :, 0], n_out, R)
 
 
 def repack(typ: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
@@ -96,7 +112,7 @@ def mv_q4_0(qs, d, xq, xd, xs, y):
                     for j in range(16):
                         v = I16(qs[g, b, j, r])
                         s = I16(s + I16(I16(v & 15) * I16(xq[t, o + j])) + I16(I16(v >> 4) * I16(xq[t, o + 16 + j])))
-                    acc[r] += d[g, b, r] * f * np.float32(I16(s - off))
+                    acc[r] += f16_bits_to_f32(d[g, b, r]) * f * np.float32(I16(s - off))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -124,7 +140,7 @@ def mv_q4_1(qs, d, m, xq, xd, xs, y):
                         v = I16(qs[g, b, j, r])
                         s = I16(s + I16(I16(v & 15) * I16(xq[t, o + j])) + I16(I16(v >> 4) * I16(xq[t, o + 16 + j])))
                     isum = np.int32(I16(s - off)) + 8 * sx
-                    acc[r] += d[g, b, r] * f * np.float32(isum) + m[g, b, r] * sb
+                    acc[r] += f16_bits_to_f32(d[g, b, r]) * f * np.float32(isum) + f16_bits_to_f32(m[g, b, r]) * sb
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -158,7 +174,7 @@ def mv_q5_0(qs, qh, d, xq, xd, xs, y):
                         a = I16(a + I16(lo * I16(xq[t, o + j])))
                         c = I16(c + I16(hi * I16(xq[t, o + 16 + j])))
                     isum = np.int32(I16(a - offl)) + np.int32(I16(c - offh))
-                    acc[r] += d[g, b, r] * f * np.float32(isum)
+                    acc[r] += f16_bits_to_f32(d[g, b, r]) * f * np.float32(isum)
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -193,7 +209,7 @@ def mv_q5_1(qs, qh, d, m, xq, xd, xs, y):
                         a = I16(a + I16(lo * I16(xq[t, o + j])))
                         c = I16(c + I16(hi * I16(xq[t, o + 16 + j])))
                     isum = np.int32(I16(a - offl)) + np.int32(I16(c - offh)) + 16 * (sl + sh)
-                    acc[r] += d[g, b, r] * f * np.float32(isum) + m[g, b, r] * sb
+                    acc[r] += f16_bits_to_f32(d[g, b, r]) * f * np.float32(isum) + f16_bits_to_f32(m[g, b, r]) * sb
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -217,6 +233,6 @@ def mv_q8_0(qs, d, xq, xd, xs, y):
                         isum[r] += np.int32(qs[g, b, j, r]) * xv
                 f = xd[t, b]
                 for r in range(R):
-                    acc[r] += d[g, b, r] * f * np.float32(isum[r])
+                    acc[r] += f16_bits_to_f32(d[g, b, r]) * f * np.float32(isum[r])
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
