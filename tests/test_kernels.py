@@ -208,3 +208,59 @@ def test_repack_drops_mmap_pages_and_stays_correct(tmp_path):
     assert lin.packed is not None and lin.resident_bytes > 0
     del view, lin
     os.sync()
+
+
+@pytest.mark.parametrize("typ", [T.Q4_1, T.Q5_1], ids=lambda t: t.name)
+def test_q4_1_q5_1_min_term_uses_q8_1_s(typ):
+    """llama.cpp: sum_b d*dx*sum(q*qx) + m*s with s = f16(d_x * sum qx) (Q8_1). Both paths must do the same
+    (the f16 rounding of s is what the golden logits need), to f32 accumulation error."""
+    rng = np.random.default_rng(11)
+    n_out, n_in = 67, 256
+    raw, _ = weights(typ, n_out, n_in, rng)
+    blk = raw.reshape(n_out, n_in // 32, -1)
+    d = blk[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float64)
+    m = blk[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64)
+    deq = dequantize(raw, typ).reshape(n_out, n_in // 32, 32).astype(np.float64)
+    q = (deq - m[:, :, None]) / np.where(d == 0, 1, d)[:, :, None]  # the integer quants
+    lin = make_linear(int(typ), raw, (n_out, n_in), "w")
+    for n in (1, 3, 20):  # decode and prompt paths
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        qx, dx, sx = q8.quantize_q8_0(x)
+        qxb = qx.reshape(n, -1, 32).astype(np.float64)
+        ref = (np.einsum("rbj,tbj->trb", q, qxb) * d[None] * dx[:, None, :]).sum(-1) + sx.astype(np.float64) @ m.T
+        y = lin(x)
+        assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_small_matrix_single_thread_path_is_identical():
+    rng = np.random.default_rng(12)
+    raw, _ = weights(T.Q4_0, 256, 512, rng)
+    lin = make_linear(int(T.Q4_0), raw, (256, 512), "blk.0.attn_k.weight")
+    assert lin.nbytes < L.SMALL_BYTES
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    n0 = get_num_threads()
+    try:
+        set_num_threads(2)
+        threads = get_num_threads()
+        y = lin(x)
+        assert get_num_threads() == threads  # the one-thread detour is undone
+        big = np.empty_like(y)
+        lin._decode(x, big)
+    finally:
+        set_num_threads(n0)
+    np.testing.assert_array_equal(y, big)
+
+
+def test_half_conversion_edge_values():
+    """F16 subnormals, zeros, max and BF16 values convert exactly (LLVM half->float / bit shift)."""
+    vals = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, 1.0, -2.5, 1e-3], np.float16)
+    w = np.tile(vals, (3, 1))  # (3, 10)
+    lin = make_linear(int(T.F16), w, w.shape, "w")
+    np.testing.assert_array_equal(lin.get_rows([0, 2]), np.tile(vals.astype(np.float32), (2, 1)))
+    x = np.zeros((1, 10), np.float32)
+    x[0, 4] = 1.0
+    assert lin(x)[0, 1] == np.float32(vals[4])
+    wb = (np.array([1.5, -3.0e38, 1e-40, 0.0], np.float32).view(np.uint32) >> 16).astype(np.uint16)[None]
+    lb = make_linear(int(T.BF16), wb, wb.shape, "w")
+    x = np.eye(4, dtype=np.float32)[:1]
+    assert lb(x)[0, 0] == 1.5

@@ -54,7 +54,15 @@ def _model_desc(m) -> str:
     n = m.n_params
     cls = f"{round(n / 1e9)}B" if n >= 1e9 else f"{round(n / 1e6)}M" if n >= 1e6 else f"{round(n / 1e3)}K"
     ft = m.gguf.metadata.get("general.file_type")
-    ftype = FILE_TYPES.get(int(ft), f"type {ft}") if ft is not None else "?"
+    if ft is not None:
+        ftype = FILE_TYPES.get(int(ft), f"type {ft}")
+    else:  # no file type recorded: name the type most 2-D tensors have
+        counts = {}
+        for t in m.gguf.tensors.values():
+            if len(t.shape) == 2:
+                counts[t.type_name] = counts.get(t.type_name, 0) + t.nbytes
+        ftype = max(counts, key=counts.get) if counts else "?"
+        ftype = "all F32" if ftype == "F32" else ftype
     return f"{m.cfg.arch} {cls} {ftype}"
 
 
@@ -113,9 +121,8 @@ def run_tests(path: str, n_prompt: list[int], n_gen: list[int], threads: list[in
 
 
 HEADER = ("| model                          |       size |     params | backend    | threads |          test |"
-          "                  t/s |   GB/s |\n"
-          "| ------------------------------ | ---------: | ---------: | ---------- | ------: | ------------: |"
-          " -------------------: | -----: |")
+          "                  t/s |   GB/s |\n| ------------------------------ | ---------: | ---------: | ---------- |"
+          " ------: | ------------: | -------------------: | -----: |")
 
 
 def md_row(r: dict) -> str:
