@@ -2,19 +2,65 @@
 
 Usage: python benchmarks/compare_llamacpp.py MODEL.gguf [-p 512] [-n 128] [-t 2] [-r 3]
 Both engines take the same tests as `llamacpy bench`: ppN = N random tokens in one batch from an empty cache,
-tgN = N single-token steps from an empty cache, one warm-up, then -r repetitions, alternating engines so that
-load from other processes on this shared machine hits both alike. If `llama_cpp` is not importable it says so
-and exits 0. (A local build: pip install --target DIR llama-cpp-python, then PYTHONPATH=DIR.)
+tgN = N single-token steps from an empty cache; one warm-up, then -r repetitions, alternating engines so that
+load from other processes on this shared machine hits both alike. Each engine lives in its own worker process:
+in one process their OpenMP runtimes (llama.cpp's threads and numba's) fight and slow each other down several
+times over. If `llama_cpp` is not importable it says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import sys
 import time
 
-import numpy as np
+
+def _worker(engine: str, model: str, n_ctx: int, threads: int, conn) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if engine == "llamacpy":
+        from llamacpy.model import LlamaModel
+
+        m = LlamaModel.load(model, n_ctx=n_ctx, n_threads=threads)
+        n_vocab = m.n_vocab
+
+        def run(kind, n):
+            m.kv.clear()
+            toks = rng.integers(0, n_vocab, n).astype(np.int32)
+            t0 = time.perf_counter()
+            if kind == "pp":
+                m.forward(toks)
+            else:
+                for i in range(n):
+                    m.forward(toks[i:i + 1])
+            return time.perf_counter() - t0
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512),
+                              n_threads=threads, n_threads_batch=threads, verbose=False)
+        n_vocab = llm.n_vocab()
+
+        def run(kind, n):
+            llm.reset()
+            toks = rng.integers(0, n_vocab, n).tolist()
+            t0 = time.perf_counter()
+            if kind == "pp":
+                llm.eval(toks)
+            else:
+                for tok in toks:
+                    llm.eval([tok])
+            return time.perf_counter() - t0
+
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        conn.send(run(*msg))
 
 
 def main(argv=None) -> int:
@@ -26,63 +72,42 @@ def main(argv=None) -> int:
     ap.add_argument("-r", type=int, default=3)
     a = ap.parse_args(argv)
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         print("llama_cpp (llama-cpp-python) is not installed: nothing to compare against.")
         return 0
 
-    from llamacpy.model import LlamaModel
-
+    ctx = mp.get_context("spawn")
     n_ctx = max(a.p, a.n) + 8
-    ours = LlamaModel.load(a.model, n_ctx=n_ctx, n_threads=a.t)
-    ref = llama_cpp.Llama(model_path=a.model, n_ctx=n_ctx, n_batch=max(a.p, 1), n_ubatch=max(a.p, 1),
-                          n_threads=a.t, n_threads_batch=a.t, verbose=False)
-    rng = np.random.default_rng(0)
-    n_vocab = ours.n_vocab
+    workers = {}
+    for engine in ("llamacpy", "llama.cpp"):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_worker, args=(engine, a.model, n_ctx, a.t, child), daemon=True)
+        p.start()
+        if parent.recv() != "ready":
+            raise RuntimeError(f"{engine} worker failed to start")
+        workers[engine] = (p, parent)
 
-    def ours_pp():
-        ours.kv.clear()
-        toks = rng.integers(0, n_vocab, a.p).astype(np.int32)
-        t0 = time.perf_counter()
-        ours.forward(toks)
-        return time.perf_counter() - t0
-
-    def ours_tg():
-        ours.kv.clear()
-        toks = rng.integers(0, n_vocab, a.n).astype(np.int32)
-        t0 = time.perf_counter()
-        for i in range(a.n):
-            ours.forward(toks[i:i + 1])
-        return time.perf_counter() - t0
-
-    def ref_pp():
-        ref.reset()
-        ref._ctx.memory_clear(True) if hasattr(ref._ctx, "memory_clear") else None
-        toks = rng.integers(0, n_vocab, a.p).tolist()
-        t0 = time.perf_counter()
-        ref.eval(toks)
-        return time.perf_counter() - t0
-
-    def ref_tg():
-        ref.reset()
-        ref._ctx.memory_clear(True) if hasattr(ref._ctx, "memory_clear") else None
-        toks = rng.integers(0, n_vocab, a.n).tolist()
-        t0 = time.perf_counter()
-        for tok in toks:
-            ref.eval([tok])
-        return time.perf_counter() - t0
+    def call(engine, kind, n):
+        conn = workers[engine][1]
+        conn.send((kind, n))
+        return conn.recv()
 
     rows = []
-    for name, n, f_ours, f_ref in (("pp", a.p, ours_pp, ref_pp), ("tg", a.n, ours_tg, ref_tg)):
+    for kind, n in (("pp", a.p), ("tg", a.n)):
         if n <= 0:
             continue
-        f_ours(), f_ref()  # warm-up (JIT load, repack, page faults)
-        t_o, t_r = [], []
+        for engine in workers:  # warm-up: JIT cache load, repack, page faults
+            call(engine, kind, n)
+        res = {e: [] for e in workers}
         for _ in range(a.r):
-            t_o.append(n / f_ours())
-            t_r.append(n / f_ref())
-        rows.append((f"{name}{n}", t_o, t_r))
-    print(f"model {a.model}, {a.t} threads, {a.r} repetitions (alternating)")
+            for engine in workers:
+                res[engine].append(n / call(engine, kind, n))
+        rows.append((f"{kind}{n}", res["llamacpy"], res["llama.cpp"]))
+    for p, conn in workers.values():
+        conn.send(None)
+        p.join(10)
+    print(f"model {a.model}, {a.t} threads, {a.r} repetitions (alternating, one process per engine)")
     print("| test | llamacpy t/s | llama.cpp t/s | ratio |")
     print("|---|---:|---:|---:|")
     for test, t_o, t_r in rows:

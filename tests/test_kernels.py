@@ -232,25 +232,6 @@ def test_q4_1_q5_1_min_term_uses_q8_1_s(typ):
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_small_matrix_single_thread_path_is_identical():
-    rng = np.random.default_rng(12)
-    raw, _ = weights(T.Q4_0, 256, 512, rng)
-    lin = make_linear(int(T.Q4_0), raw, (256, 512), "blk.0.attn_k.weight")
-    assert lin.nbytes < L.SMALL_BYTES
-    x = rng.standard_normal((1, 512)).astype(np.float32)
-    n0 = get_num_threads()
-    try:
-        set_num_threads(2)
-        threads = get_num_threads()
-        y = lin(x)
-        assert get_num_threads() == threads  # the one-thread detour is undone
-        big = np.empty_like(y)
-        lin._decode(x, big)
-    finally:
-        set_num_threads(n0)
-    np.testing.assert_array_equal(y, big)
-
-
 def test_half_conversion_edge_values():
     """F16 subnormals, zeros, max and BF16 values convert exactly (LLVM half->float / bit shift)."""
     vals = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, 1.0, -2.5, 1e-3], np.float16)
