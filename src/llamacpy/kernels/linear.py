@@ -5,7 +5,7 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
         the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dense.mv_half for F16/BF16;
         dequant.matvec_generic when a repack is declined).
-    prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of TILE rows
+    prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of ~TILE_BYTES
         dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
 madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
@@ -41,7 +41,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 SUPPORTED = {F32, F16, BF16} | set(LEGACY) | set(KQUANTS)
 DECODE_MAX = 8     # batches up to this many tokens take the integer matvec kernels (crossover measured 8-16)
-TILE = 128         # rows per dequantized f32 tile in the prompt path
+TILE_BYTES = 8 << 20  # f32 bytes per dequantized weight tile in the prompt path (rows = TILE_BYTES / 4 n_in)
 # R: rows per interleaved group (default 64), measured per type on 5632x2048 from DRAM, one thread:
 # Q6_K 8.9 -> 13.3 GB/s going from 64 to 256 rows, Q2_K 5.6 -> 11.5, Q4_K 16.1 -> 17.0 at 128; Q4_0, Q8_0,
 # Q5_K and Q3_K are best at 64
@@ -137,6 +137,13 @@ def _quantized(x: np.ndarray, kquant: bool):
     return res
 
 
+def _tile_rows(n_in: int, n_out: int) -> int:
+    """Rows per prompt-path tile: ~TILE_BYTES of f32, a multiple of 64. Few big tiles measured faster than many
+    128-row ones: every switch between numba's OpenMP threads (dequantize) and OpenBLAS's threads (sgemm) costs
+    the other pool's spin-wait."""
+    return min(n_out, max(64, TILE_BYTES // (4 * n_in) // 64 * 64))
+
+
 # -- Linear objects ----------------------------------------------------------------------------------------------
 class Linear:
     """A weight matrix (n_out, n_in) in its file type.  y = lin(x): (n_tokens, n_in) f32 -> (n_tokens, n_out)."""
@@ -171,10 +178,11 @@ class Linear:
     def _prompt(self, x, out):
         xr = self._round_activations(x)  # (n, n_in)
         n = x.shape[0]
-        tile = np.empty((min(TILE, self.n_out), self.n_in), np.float32)
-        tmp = np.empty((n, tile.shape[0]), np.float32)
-        for r0 in range(0, self.n_out, TILE):
-            m = min(TILE, self.n_out - r0)
+        rows = _tile_rows(self.n_in, self.n_out)
+        tile = np.empty((rows, self.n_in), np.float32)
+        tmp = np.empty((n, rows), np.float32)
+        for r0 in range(0, self.n_out, rows):
+            m = min(rows, self.n_out - r0)
             self._tile(r0, tile[:m])
             np.matmul(xr, tile[:m].T, out=tmp[:, :m])
             out[:, r0:r0 + m] = tmp[:, :m]
@@ -279,11 +287,12 @@ class LinearQuant(Linear):
         qx, dx, sx = q8.quantize_q8_0(x)
         n, k = x.shape
         xr = (qx.reshape(n, k // 32, 32).astype(np.float32) * dx[:, :, None]).reshape(n, k)  # (n, n_in)
-        tile = np.empty((min(TILE, self.n_out), self.n_in), np.float32)
-        mins = np.empty((tile.shape[0], self.n_in // 32), np.float32)
-        tmp = np.empty((n, tile.shape[0]), np.float32)
-        for r0 in range(0, self.n_out, TILE):
-            m = min(TILE, self.n_out - r0)
+        rows = _tile_rows(self.n_in, self.n_out)
+        tile = np.empty((rows, self.n_in), np.float32)
+        mins = np.empty((rows, self.n_in // 32), np.float32)
+        tmp = np.empty((n, rows), np.float32)
+        for r0 in range(0, self.n_out, rows):
+            m = min(rows, self.n_out - r0)
             dequant.dequant_range_split_min(self.ggml_type, self.raw, r0, tile[:m], mins[:m], F16_TABLE)
             np.matmul(xr, tile[:m].T, out=tmp[:, :m])
             tmp[:, :m] += sx @ mins[:m].T
