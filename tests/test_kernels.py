@@ -245,3 +245,28 @@ def test_half_conversion_edge_values():
     lb = make_linear(int(T.BF16), wb, wb.shape, "w")
     x = np.eye(4, dtype=np.float32)[:1]
     assert lb(x)[0, 0] == 1.5
+
+
+@pytest.mark.parametrize("types", [(T.Q4_0, T.Q4_0, T.Q4_0), (T.Q4_K, T.Q4_K), (T.Q4_K, T.Q6_K), (T.F16, T.F16)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_fused_linears_match_parts(types):
+    from llamacpy.kernels import fuse_linears
+
+    rng = np.random.default_rng(13)
+    n_in = 512
+    shapes = [256, 128, 70][:len(types)]  # the last part may pad its row group
+    parts, refs = [], []
+    for typ, n_out in zip(types, shapes):
+        raw, w = weights(typ, n_out, n_in, rng)
+        parts.append(make_linear(int(typ), raw, (n_out, n_in), f"p{n_out}"))
+        refs.append(w)
+    f = fuse_linears(parts)
+    assert (f.n_in, f.n_out) == (n_in, sum(shapes))
+    for n in (1, 3, 12):
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        expect = np.concatenate([p(x) for p in parts], axis=1)
+        y = f(x)
+        assert y.shape == (n, sum(shapes))
+        np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+        for part, ref in zip(f.split(y), np.split(expect, f.offsets[1:-1], axis=1)):
+            np.testing.assert_allclose(part, ref, rtol=1e-5, atol=1e-5 * np.abs(expect).max())

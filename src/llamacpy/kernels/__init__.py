@@ -4,11 +4,11 @@ Owns: `make_linear(ggml_type, raw, shape, name) -> Linear` -- a weight matrix of
 its GGUF type (a zero-copy view of the mmap, or a one-time repack), with
     `linear(x, out=None)`: x (n_tokens, n_in) float32 -> (n_tokens, n_out) float32
     `linear.get_rows(ids)`: dequantized rows (len(ids), n_in) float32 (embedding lookup)
-and `set_num_threads(n)`.
+`fuse_linears([...])` (one decode call for q/k/v or gate/up over the same input), and `set_num_threads(n)`.
 
 Must not: know about layers, attention or the model (model.py composes these).
 """
 
-from .linear import Linear, make_linear, set_num_threads, get_num_threads
+from .linear import FusedLinear, Linear, fuse_linears, get_num_threads, make_linear, set_num_threads
 
-__all__ = ["Linear", "make_linear", "set_num_threads", "get_num_threads"]
+__all__ = ["Linear", "FusedLinear", "make_linear", "fuse_linears", "set_num_threads", "get_num_threads"]

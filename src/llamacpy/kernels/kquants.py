@@ -1,10 +1,10 @@
 """Decode kernels for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K on a row-interleaved repack.
 
-Owns: `repack(typ, raw, n_out, n_in, R)` (numpy, once at load) and `mv_q4_k/mv_q5_k/mv_q6_k` (numba, one call
-per matrix, prange over groups of R rows). As in the legacy kernels, byte j of the R rows of a group sits
-contiguous so the innermost loop runs across rows; the packed 6-bit sub-block scales/mins are unpacked to bytes
-(the f16 super-block scales stay f16, converted in the kernel). Arithmetic is llama.cpp's vec_dot_qK_q8_K: int32 sums per
-sub-block times the integer sub-block scale, mins through the Q8_K block sums, f32 per super-block.
+Owns: `repack(typ, raw, n_out, n_in, R)` (once at load) and `mv_q2_k` .. `mv_q6_k` (numba, one call per
+matrix, prange over groups of R rows). As in the legacy kernels, byte j of the R rows of a group sits contiguous
+so the innermost loop runs across rows; the packed 6-bit sub-block scales/mins are unpacked to bytes (the f16
+super-block scales stay f16, converted in the kernel). Arithmetic is llama.cpp's vec_dot_qK_q8_K: int32 sums
+per sub-block times the integer sub-block scale, mins through the Q8_K block sums, f32 per super-block.
 
 Layouts (G groups of R rows, nS = n_in / 256 super-blocks; zero rows pad the last group):
     Q4_K/Q5_K: qs (G, nS*4, 32, R) uint8 -- chunk c of 64 weights: byte l low nibble = weight l,
@@ -120,7 +120,8 @@ def mv_q4_k(qs, sc, mn, d, dmin, xq, xd, bsums, y):
                         aM[r] += np.int32(mn[g, s0, r]) * bA + np.int32(mn[g, s0 + 1, r]) * bB
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r])
+                                   - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -169,7 +170,8 @@ def mv_q5_k(qs, qh, sc, mn, d, dmin, xq, xd, bsums, y):
                         aM[r] += np.int32(mn[g, s0, r]) * bA + np.int32(mn[g, s0 + 1, r]) * bB
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r])
+                                   - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
 
@@ -339,6 +341,7 @@ def mv_q2_k(qs, scm, d, dmin, xq, xd, bsums, y):
                                       + np.int32(scm[g, sb + 6, r] & 15) * np.int32(i3[r]))
                 f = xd[t, S]
                 for r in range(R):
-                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r]) - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
+                    acc[r] += f * (f16_bits_to_f32(d[g, S, r]) * np.float32(aS[r])
+                                   - f16_bits_to_f32(dmin[g, S, r]) * np.float32(aM[r]))
             for r in range(min(R, n_out - g * R)):
                 y[t, g * R + r] = acc[r]
