@@ -75,17 +75,34 @@ def _blas_set_threads():
 
 
 _blas_threads_fn = None
+_blas_threads = 0  # what OpenBLAS was last told
+# GEMMs below this many flops run on one OpenBLAS thread: a multi-threaded small GEMM wakes OpenBLAS's workers,
+# which then spin against numba's (measured: tiny-llama pp64 1800 t/s with 2 BLAS threads, 18400 with 1;
+# stories260K 7450 vs 47400). Large GEMMs keep all threads (sgemm 512x2048x5632: ~220 GFLOP/s on 2).
+BLAS_MT_FLOPS = 100e6
+
+
+def _blas(n: int) -> None:
+    global _blas_threads_fn, _blas_threads
+    if _blas_threads_fn is None:
+        _blas_threads_fn = _blas_set_threads() or False
+    if _blas_threads_fn and n != _blas_threads:
+        _blas_threads_fn(n)
+        _blas_threads = n
+
+
+def matmul_t(a: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ w.T through numpy's sgemm, on one BLAS thread when the product is small.
+    a: (n, k); w: (m, k); out: (n, m)."""
+    _blas(1 if 2.0 * a.shape[0] * a.shape[1] * w.shape[0] < BLAS_MT_FLOPS else nb.get_num_threads())
+    return np.matmul(a, w.T, out=out)
 
 
 def set_num_threads(n: int) -> None:
     """Threads for the numba kernels and numpy's BLAS (prompt path)."""
-    global _blas_threads_fn
     n = max(1, min(int(n), nb.config.NUMBA_NUM_THREADS))
     nb.set_num_threads(n)
-    if _blas_threads_fn is None:
-        _blas_threads_fn = _blas_set_threads() or False
-    if _blas_threads_fn:
-        _blas_threads_fn(n)
+    _blas(n)
 
 
 def get_num_threads() -> int:
@@ -184,7 +201,7 @@ class Linear:
         for r0 in range(0, self.n_out, rows):
             m = min(rows, self.n_out - r0)
             self._tile(r0, tile[:m])
-            np.matmul(xr, tile[:m].T, out=tmp[:, :m])
+            matmul_t(xr, tile[:m], tmp[:, :m])
             out[:, r0:r0 + m] = tmp[:, :m]
         self._after_prompt()
 
@@ -206,7 +223,7 @@ class LinearF32(Linear):
     def __call__(self, x, out=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = self._out(x, out)
-        np.matmul(x, self.w.T, out=out)
+        matmul_t(x, self.w, out)
         return out
 
     def _rows(self, ids):
@@ -294,7 +311,7 @@ class LinearQuant(Linear):
         for r0 in range(0, self.n_out, rows):
             m = min(rows, self.n_out - r0)
             dequant.dequant_range_split_min(self.ggml_type, self.raw, r0, tile[:m], mins[:m], F16_TABLE)
-            np.matmul(xr, tile[:m].T, out=tmp[:, :m])
+            matmul_t(xr, tile[:m], tmp[:, :m])
             tmp[:, :m] += sx @ mins[:m].T
             out[:, r0:r0 + m] = tmp[:, :m]
         self._after_prompt()
