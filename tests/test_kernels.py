@@ -270,3 +270,36 @@ def test_fused_linears_match_parts(types):
         np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
         for part, ref in zip(f.split(y), np.split(expect, f.offsets[1:-1], axis=1)):
             np.testing.assert_allclose(part, ref, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+
+
+@pytest.mark.parametrize("typ", QTYPES, ids=lambda t: t.name)
+def test_generic_kernel_without_repack(typ):
+    """repack=False keeps the file layout: the dequantize-and-dot kernel on Q8-rounded activations."""
+    rng = np.random.default_rng(14 + int(typ))
+    n_in = 512
+    raw, w = weights(typ, 37, n_in, rng)
+    lin = make_linear(int(typ), raw, (37, n_in), "w", repack=False)
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    ref = rounded(typ, x).astype(np.float64) @ w.T.astype(np.float64)
+    assert lin.packed is None
+    assert np.abs(lin(x) - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert lin.packed is None
+
+
+def test_attention_blas_matches_loops():
+    """The prompt-batch attention (sgemm per KV head) equals the per-token numba loops, incl. the f16 rounding
+    of q and of the probabilities, a cache already holding earlier tokens, and query chunking."""
+    from llamacpy.kernels import ops
+
+    rng = np.random.default_rng(15)
+    n_head, n_head_kv, dk, n_ctx = 8, 2, 16, 80
+    k_cache = f16_round(rng.standard_normal((n_head_kv, n_ctx, dk)).astype(np.float32))
+    v_cache = f16_round(rng.standard_normal((n_head_kv, n_ctx, dk)).astype(np.float32))
+    for start, n in ((0, 40), (13, 30)):
+        q = rng.standard_normal((n, n_head * dk)).astype(np.float32)
+        a = np.empty((n, n_head * dk), np.float32)
+        b = np.empty_like(a)
+        ops.attention_loops(q, k_cache, v_cache, start, n_head, 0.25, a)
+        ops.attention_blas(q, k_cache, v_cache, start, n_head, 0.25, b, q_chunk=16)
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)  # f16 rounding of p may flip on last-bit ties
+        assert np.abs(b - a).mean() < 1e-5
