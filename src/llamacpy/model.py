@@ -18,7 +18,7 @@ import numpy as np
 from .config import LlamaConfig
 from .errors import ContextError, ModelError
 from .gguf_file import GGUFFile, ggml_type_name
-from .kernels import make_linear, set_num_threads, get_num_threads
+from .kernels import fuse_linears, make_linear, set_num_threads
 from .kernels import ops
 
 
@@ -78,6 +78,12 @@ class LayerWeights:
     w_gate: object  # Linear (n_ff, n_embd)
     w_up: object  # Linear (n_ff, n_embd)
     w_down: object  # Linear (n_embd, n_ff)
+    wqkv: object = None  # FusedLinear [wq | wk | wv]: one decode kernel call for the three
+    w_gate_up: object = None  # FusedLinear [w_gate | w_up]
+
+    def __post_init__(self):
+        self.wqkv = fuse_linears([self.wq, self.wk, self.wv])
+        self.w_gate_up = fuse_linears([self.w_gate, self.w_up])
 
 
 class LlamaModel:
@@ -193,9 +199,7 @@ class LlamaModel:
         kv = self.kv
         for il, L in enumerate(self.layers):
             ops.rms_norm(x, L.attn_norm, cfg.rms_eps, h)
-            q = L.wq(h)  # (n, n_head * dk)
-            k = L.wk(h)  # (n, n_head_kv * dk)
-            v = L.wv(h)  # (n, n_head_kv * dv)
+            q, k, v = L.wqkv.split(L.wqkv(h))  # (n, n_head * dk), (n, n_head_kv * dk), (n, n_head_kv * dv)
             ops.rope_inplace(q, cfg.n_head, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
             ops.rope_inplace(k, cfg.n_head_kv, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
             k_cache, v_cache = kv.k[il, seq_id], kv.v[il, seq_id]
@@ -203,7 +207,8 @@ class LlamaModel:
             ops.attention(q, k_cache, v_cache, start, cfg.n_head, scale, attn)
             ops.add_inplace(x, L.wo(attn))
             ops.rms_norm(x, L.ffn_norm, cfg.rms_eps, h)
-            ops.swiglu(L.w_gate(h), L.w_up(h), act)
+            gate, up = L.w_gate_up.split(L.w_gate_up(h))  # (n, n_ff) each
+            ops.swiglu(gate, up, act)
             ops.add_inplace(x, L.w_down(act))
         kv.n_used[seq_id] = start + n
         last = x if all_logits else x[-1:]
