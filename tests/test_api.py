@@ -130,3 +130,17 @@ def test_tied_embeddings_use_token_embd_as_output(tmp_path):
     x = llm.model.tok_embd.get_rows([1])
     assert llm.scores.shape == (3, llm.n_vocab()) and np.isfinite(llm.scores).all()
     assert llm.model.output is llm.model.tok_embd and x.shape[1] == 32
+
+
+def test_vocab_size_larger_than_token_list(tmp_path):
+    # as in files llama.cpp converts from checkpoints whose embedding has padding rows: the model has 16 more
+    # output rows than the vocabulary has tokens; only decodable ids are ever sampled
+    llm = Llama(str(write_tiny_llama(tmp_path / "padded.gguf", pad_vocab=16)), verbose=False, logits_all=True)
+    n_tokens = llm.n_vocab()
+    assert llm.model.n_vocab == n_tokens + 16
+    llm.eval([1, 5])
+    assert llm.scores.shape == (2, n_tokens + 16)
+    out = llm.create_completion([1, 5], max_tokens=5, temperature=0, logit_bias={n_tokens + 3: 1000.0})
+    assert out["usage"]["completion_tokens"] >= 1  # the padding id was not chosen (it would have no text)
+    toks = [t for _, t in zip(range(20), llm.generate([1, 5], temp=1.0, seed=1, logit_bias={n_tokens + 3: 1000.0}))]
+    assert max(toks) < n_tokens

@@ -42,11 +42,12 @@ def write_tiny_llama(
     drop_keys: tuple[str, ...] = (),
     tensor_type_overrides: dict[str, int] | None = None,
     tied: bool = False,
+    pad_vocab: int = 0,
 ) -> Path:
     """A random-weight llama model (F32 tensors unless overridden) with an SPM vocab."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = spm_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tokens) + pad_vocab  # rows of token_embd/output; llama.vocab_size may exceed the token list
     head_dim = n_embd // n_head
     kvs = [
         KV("general.architecture", arch, VT.STRING),
@@ -67,6 +68,8 @@ def write_tiny_llama(
         KV("tokenizer.ggml.eos_token_id", 2, VT.UINT32),
         KV("tokenizer.ggml.unknown_token_id", 0, VT.UINT32),
     ]
+    if pad_vocab:
+        kvs.append(KV(f"{arch}.vocab_size", n_vocab, VT.UINT32))
     kvs = [kv for kv in kvs if kv.key not in drop_keys]
 
     shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
