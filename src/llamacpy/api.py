@@ -143,13 +143,19 @@ class Llama:
     ) -> Iterator[int]:
         """Yield sampled token ids forever (the caller stops), reusing a cached common prefix."""
         session = self._require_model()
-        params = SamplingParams(
+        sampler = Sampler(self._sampling(temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
+                                         presence_penalty, seed, logit_bias, repeat_last_n), self.n_vocab())
+        yield from session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
+
+    def _sampling(self, temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty, presence_penalty,
+                  seed, logit_bias, repeat_last_n: int = 64) -> SamplingParams:
+        """llama-cpp-python's keyword arguments -> SamplingParams (seed None = the instance's seed)."""
+        return SamplingParams(
             temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repeat_penalty=repeat_penalty,
             repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            seed=self.seed if seed is None else seed, logit_bias=dict(logit_bias or {}),
+            seed=self.seed if seed is None else seed,
+            logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
         )
-        sampler = Sampler(params, self.n_vocab())
-        yield from session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
 
     # -- completions -----------------------------------------------------------------------------------
     def create_completion(
@@ -171,14 +177,10 @@ class Llama:
         logit_bias: dict[int, float] | None = None,
         **_ignored,
     ):
-        it = self._completion_chunks(
-            prompt, max_tokens, SamplingParams(
-                temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                presence_penalty=presence_penalty, seed=self.seed if seed is None else seed,
-                logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
-            ), [stop] if isinstance(stop, str) else list(stop or []), echo,
-        )
+        params = self._sampling(temperature, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
+                                presence_penalty, seed, logit_bias)
+        it = self._completion_chunks(prompt, max_tokens, params, [stop] if isinstance(stop, str) else list(stop or []),
+                                     echo)
         if stream:
             return it
         text, finish, usage, head = "", None, None, None
