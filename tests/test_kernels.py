@@ -303,3 +303,37 @@ def test_attention_blas_matches_loops():
         ops.attention_blas(q, k_cache, v_cache, start, n_head, 0.25, b, q_chunk=16)
         np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)  # f16 rounding of p may flip on last-bit ties
         assert np.abs(b - a).mean() < 1e-5
+
+
+def test_q6_k_big_row_groups():
+    """Q6_K matrices with many rows take 512/1024-row groups (also fused, and with a padded last group):
+    same results as the reference and as the parts."""
+    from llamacpy.kernels import fuse_linears
+
+    nt = max(8, 2 * L.nb.config.NUMBA_NUM_THREADS)
+    assert L.group_rows(int(T.Q6_K), [256]) == 256
+    assert L.group_rows(int(T.Q6_K), [1024 * nt - 100]) == 1024  # pads 100 rows (< 1/32)
+    assert L.group_rows(int(T.Q6_K), [512 * nt + 512, 512 * nt]) == 512  # 1024 would split the first part
+    rng = np.random.default_rng(15)
+    n_in = 256
+    sizes = [512 * nt + 512, 512 * nt - 70]
+    parts, refs = [], []
+    for n_out in sizes:
+        raw, w = weights(T.Q6_K, n_out, n_in, rng)
+        parts.append(make_linear(int(T.Q6_K), raw, (n_out, n_in), f"p{n_out}"))
+        refs.append(w)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    ref = rounded(T.Q6_K, x).astype(np.float64) @ np.concatenate(refs).T.astype(np.float64)
+    alone = np.concatenate([p(x) for p in parts], axis=1)
+    assert parts[0].packed[0].shape[-1] == 512
+    assert np.abs(alone - ref).max() <= 1e-4 * np.abs(ref).max()
+    f = fuse_linears(parts)
+    y = f(x)
+    assert f._packed[0].shape[-1] == 512
+    np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+    raw, w = weights(T.Q6_K, 1024 * nt - 100, n_in, rng)
+    lin = make_linear(int(T.Q6_K), raw, w.shape, "output.weight")
+    y = lin(x[:1])
+    assert lin.packed[0].shape[-1] == 1024
+    ref = rounded(T.Q6_K, x[:1]).astype(np.float64) @ w.T.astype(np.float64)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -47,6 +47,23 @@ TILE_BYTES = 8 << 20  # f32 bytes per dequantized weight tile in the prompt path
 # Q6_K 8.9 -> 13.3 GB/s going from 64 to 256 rows, Q2_K 5.6 -> 11.5, Q4_K 16.1 -> 17.0 at 128; Q4_0, Q8_0,
 # Q5_K and Q3_K are best at 64
 GROUP_ROWS = {Q6_K: 256, Q2_K: 256, Q4_K: 128}
+# Larger groups where a matrix has enough of them: Q6_K measured (same run, one / two threads, from DRAM)
+# 5632x2048: R 256 13.0 / 24.1 GB/s, 512 15.7 / 27.5, 1024 16.2 / 30.8; 32000x2048: 256 12.0 / 22.9,
+# 512 14.8 / 29.1, 1024 17.0 / 32.3, 2048 16.0 / 31.8. Taken only while the matrix keeps at least
+# max(8, 2 x threads) groups (prange balance) and pads at most 1/32 of its rows.
+GROUP_ROWS_BIG = {Q6_K: (1024, 512)}
+
+
+def group_rows(ggml_type: int, sizes) -> int:
+    """Rows per interleaved group for a matrix (or fused matrices) of `sizes` rows (all but the last part
+    must fill whole groups, see FusedLinear)."""
+    n_out = sum(sizes)
+    min_groups = max(8, 2 * nb.config.NUMBA_NUM_THREADS)
+    for R in GROUP_ROWS_BIG.get(ggml_type, ()):
+        G = -(-n_out // R)
+        if G >= min_groups and G * R - n_out <= n_out // 32 and all(n % R == 0 for n in sizes[:-1]):
+            return R
+    return GROUP_ROWS.get(ggml_type, 64)
 
 _MV = {Q4_0: legacy.mv_q4_0, Q4_1: legacy.mv_q4_1, Q5_0: legacy.mv_q5_0, Q5_1: legacy.mv_q5_1,
        Q8_0: legacy.mv_q8_0, Q2_K: kquants.mv_q2_k, Q3_K: kquants.mv_q3_k, Q4_K: kquants.mv_q4_k,
@@ -268,12 +285,15 @@ class LinearQuant(Linear):
         self.packed = None
         self._want_repack = repack and ggml_type in _MV
 
-    def repack(self) -> None:
+    def repack(self, R: int | None = None) -> None:
         """Build the row-interleaved copy now (else it is built on the first decode call, so a table that is
-        only read by rows -- the token embeddings -- is never repacked)."""
+        only read by rows -- the token embeddings -- is never repacked). R: rows per group (default: this
+        matrix's group_rows); a copy with other groups is rebuilt."""
+        if self.packed is not None and R is not None and self.packed[0].shape[-1] != R:
+            self.packed = None
         if self.packed is None and self._want_repack:
             mod = kquants if self.kquant else legacy
-            R = GROUP_ROWS.get(self.ggml_type, 64)
+            R = R or group_rows(self.ggml_type, [self.n_out])
             self.packed = mod.repack(self.ggml_type, self.raw, self.n_out, self.n_in, R)
             drop_pages(self.raw)
 
@@ -361,14 +381,14 @@ class FusedLinear:
         self.ggml_type = parts[0].ggml_type if len({p.ggml_type for p in parts}) == 1 else None
         self.nbytes = sum(p.nbytes for p in parts)
         self.offsets = np.cumsum([0] + [p.n_out for p in parts])  # column ranges of the parts in y
-        R = GROUP_ROWS.get(self.ggml_type, 64)
+        self._R = R = group_rows(self.ggml_type, [p.n_out for p in parts])
         self._fusable = (self.ggml_type in _MV and all(isinstance(p, LinearQuant) and p._want_repack for p in parts)
                          and all(p.n_out % R == 0 for p in parts[:-1]))  # padding only after the last part
         self._packed = None
 
     def _pack(self):
         for p in self.parts:
-            p.repack()
+            p.repack(self._R)
         n = len(self.parts[0].packed)
         self._packed = tuple(np.concatenate([p.packed[i] for p in self.parts]) for i in range(n))
         for p in self.parts:
