@@ -52,30 +52,6 @@ class KV:
     subtype: GGUFValueType | None = None
 
 
-def infer_kv(key: str, value: Any) -> KV:
-    """Best-effort typing for convenience callers (tests, fixtures): int->UINT32, float->FLOAT32, etc."""
-    if isinstance(value, bool):
-        return KV(key, value, GGUFValueType.BOOL)
-    if isinstance(value, int):
-        return KV(key, value, GGUFValueType.UINT32 if value >= 0 else GGUFValueType.INT32)
-    if isinstance(value, float):
-        return KV(key, value, GGUFValueType.FLOAT32)
-    if isinstance(value, str):
-        return KV(key, value, GGUFValueType.STRING)
-    if isinstance(value, np.ndarray):
-        sub = {np.dtype("float32"): GGUFValueType.FLOAT32, np.dtype("int32"): GGUFValueType.INT32,
-               np.dtype("uint32"): GGUFValueType.UINT32, np.dtype("uint8"): GGUFValueType.UINT8,
-               np.dtype("int64"): GGUFValueType.INT64, np.dtype("bool"): GGUFValueType.BOOL}[value.dtype]
-        return KV(key, list(value.tolist()), GGUFValueType.ARRAY, sub)
-    if isinstance(value, (list, tuple)):
-        if value and isinstance(value[0], str):
-            return KV(key, list(value), GGUFValueType.ARRAY, GGUFValueType.STRING)
-        if value and isinstance(value[0], float):
-            return KV(key, list(value), GGUFValueType.ARRAY, GGUFValueType.FLOAT32)
-        return KV(key, list(value), GGUFValueType.ARRAY, GGUFValueType.INT32)
-    raise TypeError(f"cannot infer GGUF type for key {key!r} ({type(value).__name__})")
-
-
 def copy_kvs(src) -> list[KV]:
     """All metadata of an open `GGUFFile`, type-exact, in file order (GGUF.* pseudo-keys excluded)."""
     out = []
