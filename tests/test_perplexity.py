@@ -1,24 +1,31 @@
-"""`llamacpy perplexity` against llama-perplexity's results (golden/perplexity/results.json).
+"""`llamacpy perplexity` against llama-perplexity's results (golden/perplexity/results.json), in-process.
 
-Tolerance 1% (issue 4): the quantized files' golden values include llama.cpp's activation quantization, which
-moves PPL by a few tenths of a percent; our dense files agree to ~1e-4 relative.
+Tolerances, from the golden data: the closest two golden files of one model are stories260K F32 and Q8_0, 0.146%
+apart (4.7167 vs 4.7236); F32 vs Q5_1 is 0.72%.
+- Dense files: PPL within 0.05% (a third of the F32-Q8_0 gap; measured 2e-5 relative), running values 0.1%.
+- Quantized files: PPL within 0.3%, running values 1%, +/- 0.5%. llama.cpp quantizes activations inside every
+  matmul; our prompt path rounds them the same way but accumulates in f32 (measured: up to 0.2% on
+  stories260K-Q4_1, 0.13% on -Q8_0, 0.76% on one running value of tiny-llama-Q4_K_M). That still tells every file
+  from its F32 parent except stories260K-Q8_0, whose F32 file is 0.146% away -- the README's "activation
+  quantization" note; a tighter bound needs llama.cpp's integer dot products in the prompt path (issue 10).
+The default run checks one dense and one quantized file; `-m slow` checks every file llama.cpp measured.
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from shared import golden_dir, models_dir
+from cli_inproc import run_cli
+from shared import golden_dir, have_shared, models_dir
+
+DEFAULT = {"stories260K.gguf", "tiny-llama-Q8_0.gguf"}
 
 
 def cases():
-    try:
-        results = json.loads((golden_dir() / "perplexity" / "results.json").read_text())["results"]
-    except BaseException:
-        return ["stories260K.gguf"]
-    return sorted(results)
+    if not have_shared():
+        return []
+    results = json.loads((golden_dir() / "perplexity" / "results.json").read_text())["results"]
+    return [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow) for n in sorted(results)]
 
 
 def model_path(name):
@@ -26,29 +33,65 @@ def model_path(name):
     return p if p.exists() else golden_dir() / "hf-tiny-llama" / name
 
 
-@pytest.mark.parametrize("name", cases())
-def test_perplexity_matches_llama_cpp(name):
-    ref = json.loads((golden_dir() / "perplexity" / "results.json").read_text())["results"][name]
-    out = subprocess.run(
-        [sys.executable, "-m", "llamacpy", "perplexity", "-m", str(model_path(name)), "-f",
-         str(golden_dir() / "perplexity" / "tinystories.txt"), "-c", str(ref["n_ctx"]), "-b", "128", "-t", "2"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    final = [l for l in out.stdout.splitlines() if l.startswith("Final estimate: PPL = ")]
+def parse(stdout):
+    final = [l for l in stdout.splitlines() if l.startswith("Final estimate: PPL = ")]
     assert len(final) == 1
     ppl, pm = (float(x) for x in final[0].removeprefix("Final estimate: PPL = ").split(" +/- "))
-    assert ppl == pytest.approx(ref["ppl"], rel=0.01)
-    assert pm == pytest.approx(ref["pm"], rel=0.02)
-    running = [float(x.split("]")[1]) for x in out.stdout.split("\n")[0].strip(",").split(",")]
+    running = [float(x.split("]")[1]) for x in stdout.split("\n")[0].strip(",").split(",")]
+    return ppl, pm, running
+
+
+def ppl_cli(capsys, name, *extra):
+    return run_cli(capsys, "perplexity", "-m", model_path(name), "-f", golden_dir() / "perplexity" / "tinystories.txt",
+                   "-c", 128, "-b", 128, "-t", 2, *extra)
+
+
+@pytest.mark.parametrize("name", cases())
+def test_perplexity_matches_llama_cpp(capsys, name):
+    ref = json.loads((golden_dir() / "perplexity" / "results.json").read_text())["results"][name]
+    assert ref["n_ctx"] == 128
+    out = ppl_cli(capsys, name)
+    assert out.returncode == 0, out.stderr
+    ppl, pm, running = parse(out.stdout)
+    dense = name in ("stories260K.gguf", "llamacpp-f32.gguf")
+    assert ppl == pytest.approx(ref["ppl"], rel=5e-4 if dense else 3e-3)
+    assert pm == pytest.approx(ref["pm"], rel=1e-3 if dense else 5e-3)
     assert len(running) == ref["n_chunks"]
-    assert running == pytest.approx(ref["running"], rel=0.02)
+    assert running == pytest.approx(ref["running"], rel=1e-3 if dense else 1e-2)
 
 
-def test_text_shorter_than_context(tmp_path):
+def test_chunks_limits_the_run_to_the_first_chunks(capsys):
+    ref = json.loads((golden_dir() / "perplexity" / "results.json").read_text())["results"]["stories260K.gguf"]
+    out = ppl_cli(capsys, "stories260K.gguf", "--chunks", 3)
+    assert out.returncode == 0, out.stderr
+    ppl, _, running = parse(out.stdout)
+    assert running == pytest.approx(ref["running"][:3], rel=1e-3)  # llama-perplexity's first three values
+    assert ppl == pytest.approx(ref["running"][2], rel=1e-3)
+    assert "over 23 chunks" in out.stderr or "chunks" in out.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-c", "1"], "-c must be at least 2, got 1"),
+    (["-c", "4096"], "you need at least 4096 tokens for a context of 4096; the text has 3023"),
+    (["--chunks", "0"], "--chunks must be -1 (all) or at least 1, got 0"),
+    (["--chunks", "x"], "invalid int value: 'x'"),
+])
+def test_bad_arguments_give_one_clear_line(capsys, args, needle):
+    out = ppl_cli(capsys, "stories260K.gguf", *args)
+    assert out.returncode != 0
+    assert needle in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_text_file(capsys, tmp_path):
+    out = run_cli(capsys, "perplexity", "-m", models_dir() / "stories260K.gguf", "-f", tmp_path / "none.txt")
+    assert out.returncode == 1 and f"cannot read '{tmp_path / 'none.txt'}'" in out.stderr
+
+
+def test_text_shorter_than_context(capsys, tmp_path):
     f = tmp_path / "short.txt"
     f.write_text("Once upon a time")
-    out = subprocess.run([sys.executable, "-m", "llamacpy", "perplexity", "-m", str(models_dir() / "stories260K.gguf"),
-                          "-f", str(f), "-c", "128"], capture_output=True, text=True, timeout=120)
+    out = run_cli(capsys, "perplexity", "-m", models_dir() / "stories260K.gguf", "-f", f, "-c", 128)
     assert out.returncode == 1
     assert "at least 128 tokens" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -89,6 +89,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.ctx_size <= 1:
         raise PerplexityError(f"-c must be at least 2, got {args.ctx_size}")
+    if args.chunks == 0 or args.chunks < -1:
+        raise PerplexityError(f"--chunks must be -1 (all) or at least 1, got {args.chunks}")
     try:
         with open(args.file, "rb") as f:
             text = f.read()
