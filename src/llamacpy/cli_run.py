@@ -11,6 +11,7 @@ Must not: do model math or sampling itself (generation.Session / sampling.Sample
 from __future__ import annotations
 
 import argparse
+import codecs
 import re
 import sys
 import time
@@ -298,6 +299,7 @@ def run_plain(args, prompt: str, tokenizer, model, timings: Timings) -> int:
     is_eog = (lambda t: False) if args.ignore_eos else tokenizer.is_eog
     end_of_text = False
     tail = ""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span several tokens
     try:
         for tok in session.generate(prompt_tokens, sampler, n_predict=n_predict, is_eog=is_eog, n_keep=n_keep,
                                     context_shift=not args.no_context_shift):
@@ -308,7 +310,7 @@ def run_plain(args, prompt: str, tokenizer, model, timings: Timings) -> int:
             out.write(piece)
             out.flush()
             if args.reverse_prompt:  # llama.cpp: halt at a reverse prompt (searched with 2 chars of slack)
-                tail = (tail + piece.decode("utf-8", errors="replace"))[-256:]
+                tail = (tail + decoder.decode(piece))[-256:]
                 if any(rp in tail[-(len(rp) + 2):] for rp in args.reverse_prompt):
                     break
     except KeyboardInterrupt:

@@ -62,10 +62,25 @@ class InputError(ValueError):
 class Console:
     """Terminal I/O: bytes out with optional colours, typed lines in (with `\\` continuation)."""
 
-    def __init__(self, out: BinaryIO, inp: BinaryIO, err, color: bool, multiline: bool = False):
+    def __init__(self, out: BinaryIO, inp: BinaryIO, err, color: bool, multiline: bool = False,
+                 line_editing: bool | None = None):
         self.out, self.inp, self.err, self.color = out, inp, err, color
         self.multiline = multiline  # -mli: lines continue by default; `/` at the end of a line submits
         self._current = None
+        if line_editing is None:  # on a terminal: readline's arrow keys, editing and history across turns
+            line_editing = inp is getattr(sys.stdin, "buffer", None) and _isatty(sys.stdin) and _isatty(sys.stdout)
+        self.line_editing = line_editing and _enable_readline()
+
+    def _readline(self) -> bytes:
+        """One line of input with its newline, b"" at end of input."""
+        if not self.line_editing:
+            return self.inp.readline()
+        try:
+            return input().encode("utf-8", errors="surrogateescape") + b"\n"
+        except EOFError:
+            return b""
+        except UnicodeDecodeError as e:
+            raise InputError(f"input is not valid UTF-8 ({e.reason}); it was ignored, please type it again") from None
 
     def set_color(self, code: str) -> None:
         if self.color and code != self._current:
@@ -92,7 +107,7 @@ class Console:
         (Ctrl-D). Raises InputError for bytes that are not UTF-8."""
         buf = b""
         while True:
-            line = self.inp.readline()
+            line = self._readline()
             if not line:  # EOF
                 return None if not buf else self._decode(buf)
             line = line.rstrip(b"\r\n")
@@ -115,6 +130,22 @@ class Console:
                              "it was ignored, please type it again") from None
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _enable_readline() -> bool:
+    """Importing readline gives input() line editing and history; absent on some platforms (plain input then)."""
+    try:
+        import readline  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class InteractiveLoop:
     """One interactive session over a `Session`: see the module docstring. `run()` returns the exit code."""
 
@@ -133,9 +164,17 @@ class InteractiveLoop:
         self.interrupted = False
         self.need_insert_eot = False
         self.chat_msgs: list[dict] = []
-        self.assistant_text = ""
+        self._assistant = b""  # the reply so far, as bytes: a character may span several tokens
         self.n_shifts = 0
         self.stopped_reason = ""
+
+    @property
+    def assistant_text(self) -> str:
+        return self._assistant.decode("utf-8", errors="replace")
+
+    @assistant_text.setter
+    def assistant_text(self, text: str) -> None:
+        self._assistant = text.encode("utf-8")
 
     # -- signals -----------------------------------------------------------------------------------------------
     def _on_sigint(self, signum, frame) -> None:
@@ -356,7 +395,7 @@ class InteractiveLoop:
             self.console.write(piece)
             self._remember(piece)
             if s.conversation is not None:
-                self.assistant_text += piece.decode("utf-8", errors="replace")
+                self._assistant += piece
             if self._find_reverse_prompt():
                 if not s.interactive:
                     return 0
