@@ -50,7 +50,11 @@ def _metadata_equal(a: GGUFFile, b: GGUFFile, skip=()) -> None:
             assert va == vb, k
 
 
-@pytest.mark.parametrize("mix", MIXES)
+DEFAULT_MIXES = ("Q8_0", "Q4_K_M")  # every other mix runs with -m slow (test_quants checks Q4_0's bytes too)
+
+
+@pytest.mark.parametrize("mix", [pytest.param(m, marks=() if m in DEFAULT_MIXES else pytest.mark.slow)
+                                 for m in MIXES])
 def test_matches_llama_quantize(tmp_path, mix, capsys):
     out = tmp_path / "out.gguf"
     assert _run(_src(), out, mix.lower()) == 0  # names are case-insensitive
@@ -71,17 +75,29 @@ def test_float_targets(tmp_path, kind):
     out = tmp_path / "out.gguf"
     assert _run(_src(), out, kind) == 0
     ours, src = GGUFFile(out), GGUFFile(_src())
+    # the reference bytes: the F32 source itself, or llama.cpp's converter's f16/bf16 files of the same weights
+    ref = src if kind == "F32" else GGUFFile(golden_dir() / "hf-tiny-llama" / f"llamacpp-{kind.lower()}.gguf")
+    assert set(ours.tensors) == set(src.tensors)  # (in llama-quantize's order, checked in test_matches_llama_quantize)
     for name, ti in ours.tensors.items():
         expect = Q.TYPE_BY_NAME[kind] if len(ti.shape) == 2 else Q.F32  # norms (1-D) stay F32
-        assert ti.ggml_type == expect, name
-        np.testing.assert_array_equal(Q.dequantize(ours.tensor_bytes(name), ti.ggml_type, ti.shape),
-                                      Q.dequantize(Q.quantize(src.tensor(name).reshape(-1, ti.shape[-1]),
-                                                              expect), expect, ti.shape))
+        assert ti.ggml_type == expect == ref.tensors[name].ggml_type, name
+        assert np.array_equal(ours.tensor_bytes(name), ref.tensor_bytes(name)), name
     assert ours.metadata["general.file_type"] == FILE_TYPES[kind]
-    if kind != "F32":  # the converter's f16/bf16 files hold the same tensor bytes
-        conv = GGUFFile(golden_dir() / "hf-tiny-llama" / f"llamacpp-{kind.lower()}.gguf")
-        for name in conv.tensors:
-            assert np.array_equal(ours.tensor_bytes(name), conv.tensor_bytes(name)), name
+
+
+@pytest.mark.parametrize("source,mix", [("f16", "Q8_0"), ("bf16", "Q4_K_M"), pytest.param("f16", "Q5_K_S",
+                                                                                          marks=pytest.mark.slow)])
+def test_quantize_from_f16_bf16_gguf_gives_llama_quantize_bytes(tmp_path, source, mix):
+    """The README's workflow: convert to F16/BF16, then quantize. The checkpoint is bf16, so its F16/BF16 GGUFs
+    hold the F32 file's exact values, and the result must be llama-quantize's bytes (made from the F32 file)."""
+    out = tmp_path / "out.gguf"
+    assert _run(golden_dir() / "hf-tiny-llama" / f"llamacpp-{source}.gguf", out, mix) == 0
+    ours, ref = GGUFFile(out), GGUFFile(models_dir() / f"tiny-llama-{mix}.gguf")
+    assert list(ours.tensors) == list(ref.tensors)
+    for name, ti in ref.tensors.items():
+        assert (ours.tensors[name].type_name, ours.tensors[name].shape) == (ti.type_name, ti.shape), name
+        assert np.array_equal(ours.tensor_bytes(name), ref.tensor_bytes(name)), f"{source}->{mix} {name}"
+    assert ours.metadata["general.file_type"] == FILE_TYPES[mix]
 
 
 def test_numeric_ftype_and_aliases(tmp_path):

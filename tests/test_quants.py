@@ -103,7 +103,11 @@ def _f32_source():
     return GGUFFile(golden_dir() / "hf-tiny-llama" / "llamacpp-f32.gguf")
 
 
-@pytest.mark.parametrize("mix", TINY_TYPES)
+DEFAULT_MIXES = ("Q8_0", "Q4_0", "Q4_K_M")  # the rest (Q2_K alone ~100 s of first-run JIT) run with -m slow
+
+
+@pytest.mark.parametrize("mix", [pytest.param(m, marks=() if m in DEFAULT_MIXES else pytest.mark.slow)
+                                 for m in TINY_TYPES])
 def test_quantize_bytes_equal_llama_quantize(mix):
     """Every quantized tensor of tiny-llama-{mix}.gguf, including all five k-quants, is reproduced byte for
     byte from the F32 source (the k-quants exactly, not just within llama.cpp's error)."""
