@@ -249,20 +249,26 @@ def test_input_not_gguf(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.gguf"]
 
 
-def test_output_not_writable(tmp_path):
+def test_output_not_writable(tmp_path, monkeypatch):
     with pytest.raises(LlamacpyError, match="does not exist"):
         _run(_src(), tmp_path / "no" / "such" / "dir" / "o.gguf", "Q4_0")
     with pytest.raises(LlamacpyError, match="directory"):
         _run(_src(), tmp_path, "Q4_0")
-    if os.geteuid() != 0:  # root ignores directory permissions
-        ro = tmp_path / "ro"
-        ro.mkdir()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
         ro.chmod(0o500)
-        try:
-            with pytest.raises(LlamacpyError, match="cannot write"):
-                _run(_src(), ro / "o.gguf", "Q4_0")
-        finally:
-            ro.chmod(0o700)
+    else:  # root ignores folder permissions: refuse the temp file the way a read-only folder would
+        from llamacpy import gguf_writer
+
+        monkeypatch.setattr(gguf_writer.tempfile, "mkstemp",
+                            lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    try:
+        with pytest.raises(LlamacpyError, match=r"cannot write output file \(Permission denied\)"):
+            _run(_src(), ro / "o.gguf", "Q4_0")
+    finally:
+        ro.chmod(0o700)
+    assert os.listdir(ro) == []
 
 
 def test_ctrl_c_leaves_no_output(tmp_path, monkeypatch):

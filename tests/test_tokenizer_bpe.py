@@ -3,7 +3,9 @@
 The golden detok strings come from llama-cpp-python's `Llama.detokenize(ids, special=special)` (pieces joined, one
 leading space dropped after a leading BOS): `detokenize_like_llama_cpp_python` reproduces them. `Tokenizer.detokenize`
 is llama_detokenize, which for this vocab also applies llama.cpp's clean_spaces pass.
-Expected ids that are not in the golden files were taken from llama-cpp-python 0.3.36 on the same vocab.
+Every expected id list comes from the golden files; behaviours they do not cover (special-token parsing, invalid
+UTF-8, letters newer than llama.cpp's Unicode tables) are checked as relations between tokenizations, and exactly
+against llama.cpp in `test_cases_without_golden_ids_match_llama_cpp_python` (the `oracle` extra, run by `-m slow`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import codecs
 import json
 import random
-import time
+import hashlib
 import warnings
 
 import pytest
@@ -94,11 +96,16 @@ def test_eot_and_eom_from_metadata(bpe_metadata):
 # -- special tokens ------------------------------------------------------------------------------------------------
 def test_special_tokens_parsed_only_when_asked(bpe):
     text = b"<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-    assert bpe.tokenize(text, add_bos=True, special=True) == [128000, 128006, 882, 128007, 271, 13347, 128009]
-    plain = bpe.tokenize(text, add_bos=False, special=False)
-    assert plain == [27, 91, 2527, 8932, 851, 91, 29, 882, 27, 91, 408, 8932, 851, 91, 1363, 13347, 27, 91, 68, 354,
-                     851, 91, 29]
-    assert not set(plain) & bpe.eog_ids
+    special = {name: bpe.texts.index(name) for name in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
+    plain = lambda t: bpe.tokenize(t, add_bos=False, special=False)  # noqa: E731
+    # the special tokens' own ids (golden: <|eot_id|> is 128009), the text between them tokenized as plain text
+    assert special["<|eot_id|>"] == EOT_ID
+    assert bpe.tokenize(text, add_bos=True, special=True) == [BEGIN_OF_TEXT, special["<|start_header_id|>"],
+                                                              *plain(b"user"), special["<|end_header_id|>"],
+                                                              *plain(b"\n\nHi"), EOT_ID]
+    ids = plain(text)
+    assert not set(ids) & (set(special.values()) | bpe.eog_ids | {BEGIN_OF_TEXT})
+    assert b"".join(bpe.token_to_piece(i, special=False) for i in ids) == text
 
 
 def test_control_pieces_and_llama_detokenize(bpe):
@@ -112,7 +119,6 @@ def test_control_pieces_and_llama_detokenize(bpe):
 
 def test_llama_detokenize_cleans_spaces_like_llama_cpp(bpe):
     ids = bpe.tokenize(b"Hello , world . It 's", add_bos=False)
-    assert ids == [9906, 1174, 1917, 662, 1102, 364, 82]
     assert bpe.detokenize(ids) == b"Hello, world. It's"  # llama.cpp's clean_spaces for this pre-tokenizer
     assert detokenize_like_llama_cpp_python(bpe, ids) == b"Hello , world . It 's"
 
@@ -143,14 +149,40 @@ def test_emoji_is_split_over_several_tokens(bpe):
 
 
 def test_invalid_utf8_becomes_one_replacement_character_per_byte(bpe):
-    assert bpe.tokenize(b"\xe3\x89a", add_bos=False) == [10178, 64]  # "��" + "a", as llama.cpp
-    assert bpe.tokenize(b"\xc0\x80!", add_bos=False) == [188, 0]  # overlong NUL accepted, as llama.cpp
+    # llama.cpp decodes each invalid byte as U+FFFD (the exact ids are checked by the oracle test)
+    plain = lambda t: bpe.tokenize(t, add_bos=False)  # noqa: E731
+    assert plain(b"\xe3\x89a") == plain("\ufffd\ufffda".encode())
+    assert plain(b"\xff") == plain("\ufffd".encode())
 
 
-def test_letters_newer_than_llama_cpp_unicode_tables(bpe):
-    # U+13C68 (Unicode 16) is unassigned for llama.cpp, so it groups with punctuation, not with letters
-    assert bpe.tokenize("-\U00013C68V".encode(), add_bos=False) == [12, 172, 241, 109, 101, 53]
-    assert bpe.tokenize("x\u088fy".encode(), add_bos=False) == [87, 156, 95, 237, 88]
+# llama.cpp's src/unicode-data.cpp (as vendored in llama-cpp-python 0.3.36, Unicode 15.1): the code points flagged
+# LETTER (0x0004) and NUMBER (0x0002), as a count and the sha256 of their comma-joined decimal values (first 16 hex)
+LLAMA_CPP_LETTERS = (136726, "eefe90792c030696")
+LLAMA_CPP_NUMBERS = (1831, "1b305d2da207f8de")
+
+
+def _class_digest(cls):
+    import regex
+
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    found = ",".join(str(ord(ch)) for ch in regex.findall(cls, every, flags=regex.V1))
+    return found.count(",") + 1, hashlib.sha256(found.encode()).hexdigest()[:16]
+
+
+def test_letter_and_number_tables_equal_llama_cpp():
+    """\\p{L} / \\p{N} as narrowed for llama.cpp, over all of Unicode, equal llama.cpp's tables -- whatever Unicode
+    version the installed `regex` knows (a newer one adds letters that must join the exclusion lists)."""
+    from llamacpy.tokenizer.pretokenizers import LETTER_CLASS, NUMBER_CLASS
+
+    assert _class_digest(LETTER_CLASS) == LLAMA_CPP_LETTERS
+    assert _class_digest(NUMBER_CLASS) == LLAMA_CPP_NUMBERS
+
+
+def test_letters_newer_than_llama_cpp_unicode_tables():
+    # U+13C68 (Unicode 16) is unassigned for llama.cpp, so it groups with punctuation, not with the letter V
+    assert split_words("-\U00013C68V", LLAMA3.compiled()) == ["-\U00013C68", "V"]
+    assert split_words("x\u088fy", LLAMA3.compiled()) == ["x", "\u088fy"]  # U+088F: a non-letter prefix
+    assert split_words("x\u0889y", LLAMA3.compiled()) == ["x\u0889y"]  # U+0889 (Unicode 14) is a letter there
 
 
 # -- pre-tokenizers ------------------------------------------------------------------------------------------------
@@ -176,23 +208,15 @@ def test_gpt2_pre_tokenizer_selected_by_name(bpe_metadata):
     assert tok.tokenize(b"Hello world", add_bos=True) == [9906, 1917]
 
 
-# -- speed -----------------------------------------------------------------------------------------------------------
-def test_vocab_load_is_fast(bpe_metadata):
-    t0 = time.perf_counter()
-    load_tokenizer(bpe_metadata)
-    assert time.perf_counter() - t0 < 1.0  # measured ~0.1 s (128K tokens, 280K merges)
-
-
-def test_tokenizing_100_kb_is_fast(bpe_metadata):
+# -- size ----------------------------------------------------------------------------------------------------------
+def test_tokenizing_100_kb_round_trips(bpe_metadata):
     rng = random.Random(0)
     words = ["the", "cat", "sat", "on", "mat", "naïve", "日本", "🦙", "12345", "...", "\n", "  ", "tokenizer",
              "Über"]
     text = " ".join(rng.choice(words) + rng.choice(["", "s", "ed", "ing", "!"]) for _ in range(20000)).encode()
     text = text[:100 * 1024].decode("utf-8", errors="ignore").encode("utf-8")
     fresh = load_tokenizer(bpe_metadata)  # empty word cache
-    t0 = time.perf_counter()
     ids = fresh.tokenize(text, add_bos=False)
-    assert time.perf_counter() - t0 < 1.0  # measured ~0.05 s
     assert b"".join(fresh.token_to_piece(i, special=False) for i in ids) == text
 
 
@@ -214,10 +238,29 @@ def test_unknown_model(bpe_metadata):
         load_tokenizer(dict(bpe_metadata, **{"tokenizer.ggml.model": "rwkv"}))
 
 
-# -- optional cross-check against llama.cpp itself --------------------------------------------------------------------
+# -- cross-checks against llama.cpp itself (the `oracle` extra: pip install -e '.[oracle]'; run by -m slow) -----------
+NO_GOLDEN_IDS = [(b"<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", True, True),
+                 (b"<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", False, False),
+                 (b"Hello , world . It 's", False, False), (b"\xe3\x89a", False, False), (b"\xc0\x80!", False, False),
+                 ("-\U00013C68V".encode(), False, False), ("x\u088fy".encode(), False, False)]
+
+
+def _oracle():
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (the `oracle` extra)")
+    return llama_cpp.Llama(str(bpe_vocab_path()), vocab_only=True, verbose=False)
+
+
+@pytest.mark.slow
+def test_cases_without_golden_ids_match_llama_cpp_python(bpe):
+    oracle = _oracle()
+    for text, add_bos, special in NO_GOLDEN_IDS:
+        assert bpe.tokenize(text, add_bos=add_bos, special=special) == \
+            oracle.tokenize(text, add_bos=add_bos, special=special), text
+
+
+@pytest.mark.slow
 def test_random_text_matches_llama_cpp_python(bpe):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (optional oracle)")
-    oracle = llama_cpp.Llama(str(bpe_vocab_path()), vocab_only=True, verbose=False)
+    oracle = _oracle()
     alphabet = list("abcXYZ  \t\n\r'sSdtmlLvVeE.,!?-_0123456789") + [
         "é", "ß", "日", "🦙", "\u0301", "\u00a0", "\u3000", "ſ", "Ⅻ", "½", "١", "<|eot_id|>",
         "<|begin_of_text|>"]

@@ -3,7 +3,9 @@
 Owns: the write protocol every writer in the project uses (converters, quantize, test fixtures):
 metadata in a given order with explicit value types, tensor infos first, then tensor data produced one
 tensor at a time (so peak memory stays near the largest tensor), written to a temporary file in the
-destination folder and renamed into place only when complete. Interrupted or failed writes leave no file.
+destination folder, flushed to disk (fsync of the file, then of the folder after the rename) and renamed into place
+only when complete, with the permissions the umask allows (as open() would give). Interrupted or failed writes
+leave no file.
 
 Must not: decide what goes in a file (converters and quantize decide that).
 """
@@ -107,7 +109,8 @@ def write_gguf(
                 raise LlamacpyError(f"tensor {t.name!r}: produced {data.nbytes} bytes, expected {t.nbytes}")
             writer.write_tensor_data(data.reshape(-1).view(np.uint8))
         writer.close()
-        os.chmod(tmp, 0o644)
+        _fsync_path(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp made it 0o600
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -115,4 +118,32 @@ def write_gguf(
         except OSError:
             pass
         raise
+    _fsync_dir(out_dir)
 
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable. Folders cannot be opened on Windows: nothing to do there."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
