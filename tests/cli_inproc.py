@@ -15,13 +15,21 @@ class Result:
     stderr: str
 
 
-def run_cli(capsys, *args) -> Result:
+def run_cli(capsys, *args, stdin: bytes = b"") -> Result:
+    """`llamacpy ARGS` with `stdin` as its (non-terminal) standard input; stdout/stderr as text."""
+    import io
+    import sys
+
     from llamacpy import cli
 
     capsys.readouterr()  # drop anything printed before
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
     try:
         rc = cli.main([str(a) for a in args])
     except SystemExit as e:  # argparse errors exit(2) after printing usage + one error line
         rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stdin = saved
     out = capsys.readouterr()
     return Result(rc, out.out, out.err)
