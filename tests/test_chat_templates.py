@@ -42,6 +42,10 @@ EXPECTED = {
                          "an assistant   </s>[INST]Another question[/INST]",
     "mistral-v7": "[SYSTEM_PROMPT] You are a helpful assistant[/SYSTEM_PROMPT][INST] Hello[/INST] Hi there</s>[INST] "
                   "Who are you[/INST]    I am an assistant   </s>[INST] Another question[/INST]",
+    # not in b4748's test-chat-template.cpp: the format of llama.cpp's llm_chat_apply_template for
+    # LLM_CHAT_TEMPLATE_MISTRAL_V7_TEKKEN (v7 without the spaces), as in the llama.cpp llama-cpp-python 0.3.36 vendors
+    "mistral-v7-tekken": "[SYSTEM_PROMPT]You are a helpful assistant[/SYSTEM_PROMPT][INST]Hello[/INST]Hi there</s>"
+                         "[INST]Who are you[/INST]   I am an assistant   </s>[INST]Another question[/INST]",
     "llama3": "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant<|eot_id|><|start_header_id|>"
               "user<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHi there"
               "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWho are you<|eot_id|><|start_header_id|>assistant"
@@ -112,7 +116,7 @@ def test_builtin_matches_llama_cpp(name):
 
 
 def test_every_builtin_is_covered():
-    assert set(BUILTINS) - set(EXPECTED) <= {"llama2-sys", "mistral-v7-tekken"}
+    assert set(BUILTINS) - set(EXPECTED) <= {"llama2-sys"}
     for required in ("llama2", "llama3", "chatml", "mistral-v1", "zephyr", "vicuna"):
         assert required in BUILTINS
 

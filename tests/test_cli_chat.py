@@ -1,13 +1,13 @@
 """Conversation mode (`llamacpy chat`, `run -cnv`, on by default with a GGUF template), chat templates from a
 crafted GGUF (good, raising, unknown filter), `Llama.create_chat_completion`, and bad command-line input."""
 
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 
 from chat_fixtures import with_chat_template
-from shared import PROJECT_ROOT, models_dir
+from cli_inproc import run_cli
+from shared import models_dir
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -17,9 +17,13 @@ ALWAYS_RAISES = "{{ raise_exception('this template refuses everything') }}"
 UNKNOWN_FILTER = "{% for m in messages %}{{ m['content'] | shout }}{% endfor %}"
 
 
-def run(*args, stdin: bytes = b"", timeout=120):
-    return subprocess.run([sys.executable, "-m", "llamacpy", *map(str, args)], input=stdin, capture_output=True,
-                          timeout=timeout, cwd=PROJECT_ROOT)
+@pytest.fixture
+def run(capsys):
+    """`llamacpy ARGS` in-process, stdout/stderr as bytes (as a subprocess would give them)."""
+    def _run(*args, stdin: bytes = b""):
+        r = run_cli(capsys, *args, stdin=stdin)
+        return SimpleNamespace(returncode=r.returncode, stdout=r.stdout.encode(), stderr=r.stderr.encode())
+    return _run
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +35,22 @@ def _template_model(tmp_path, template):
     return with_chat_template(models_dir() / "stories260K.gguf", tmp_path / "t.gguf", template)
 
 
-def test_chat_command_formats_turns_with_the_gguf_template(chatml_model):
+def test_chat_command_formats_turns_with_the_gguf_template(run, chatml_model):
     out = run("chat", "-m", chatml_model, "-sys", "You are Tom.", "-n", 24, "--temp", 0, "-v",
               stdin=b"Hello, Tom.\nTell me a story.\n")
     err = out.stderr.decode()
     assert out.returncode == 0, err
     assert "chat template: jinja" in err
     assert "input: '<|im_start|>user\\nHello, Tom.<|im_end|>\\n<|im_start|>assistant\\n'" in err
-    # the second turn follows the model's reply: the reply is closed the way the template closes it
-    assert "input: '\\n<|im_start|>user\\nTell me a story.<|im_end|>\\n<|im_start|>assistant\\n'" in err \
-        or "input: '<|im_start|>user\\nTell me a story.<|im_end|>\\n<|im_start|>assistant\\n'" in err
+    # the second turn follows the model's reply, cut at -n 24: EOS closes it, and the newline the template puts after
+    # <|im_end|> is restored before the next message (llama.cpp's common_chat_format_single)
+    assert "input: '\\n<|im_start|>user\\nTell me a story.<|im_end|>\\n<|im_start|>assistant\\n'" in err
     assert out.stdout.decode().count("> ") >= 2  # conversation prompt marker
     assert "You are Tom." not in out.stdout.decode()  # the formatted prompt is not echoed in conversation mode
     assert "eval time =" in err
 
 
-def test_conversation_is_default_with_a_template_and_off_with_no_cnv(chatml_model):
+def test_conversation_is_default_with_a_template_and_off_with_no_cnv(run, chatml_model):
     on = run("run", "-m", chatml_model, "-p", "Hello", "-n", 16, "--temp", 0, "-v")
     assert on.returncode == 0, on.stderr.decode()
     assert "chat template: jinja" in on.stderr.decode()
@@ -56,7 +60,7 @@ def test_conversation_is_default_with_a_template_and_off_with_no_cnv(chatml_mode
     assert "chat template" not in off.stderr.decode()
 
 
-def test_builtin_template_by_name_on_a_model_without_one():
+def test_builtin_template_by_name_on_a_model_without_one(run):
     out = run("run", "-m", models_dir() / "stories260K.gguf", "-cnv", "--chat-template", "llama2", "-p", "Hi",
               "-sys", "Be brief.", "-n", 12, "--temp", 0, "-v", stdin=b"More.\n")
     err = out.stderr.decode()
@@ -71,7 +75,7 @@ def test_builtin_template_by_name_on_a_model_without_one():
     (UNKNOWN_FILTER, [], "error: chat template does not compile (line 1): No filter named 'shout'"),
     ("{{ ''.__class__.__mro__[1].__subclasses__() }}", [], "error: chat template attempted an unsafe operation"),
 ])
-def test_bad_gguf_templates_give_a_clear_error(tmp_path, template, args, needle):
+def test_bad_gguf_templates_give_a_clear_error(run, tmp_path, template, args, needle):
     out = run("chat", "-m", _template_model(tmp_path, template), "-n", 8, *args)
     err = out.stderr.decode()
     assert out.returncode == 1, err
@@ -79,7 +83,7 @@ def test_bad_gguf_templates_give_a_clear_error(tmp_path, template, args, needle)
     assert "Traceback" not in err
 
 
-def test_template_error_mid_session_keeps_the_session(tmp_path):
+def test_template_error_mid_session_keeps_the_session(run, tmp_path):
     """A template that rejects a later message: the message is refused with a clear line, the chat goes on."""
     strict = ("{% for m in messages %}{% if m['role'] == 'user' and 'forbidden' in m['content'] %}"
               "{{ raise_exception('no forbidden words') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -123,29 +127,31 @@ def test_create_chat_completion_template_errors(tmp_path):
     assert llm.create_chat_completion([{"role": "user", "content": "y"}], max_tokens=4)["object"] == "chat.completion"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["-f", "/nonexistent/prompt.txt"], "error: cannot read prompt file '/nonexistent/prompt.txt'"),
-    (["-p", "x", "-c", 128, "--keep", 200], "error: --keep 200 is larger than the context"),
-    (["-p", "x", "-i", "-r", ""], "error: -r/--reverse-prompt: a reverse prompt must not be empty"),
-    (["-p", "x", "-cnv", "--chat-template", "nonsense"], "error: unknown chat template 'nonsense'"),
-    (["-p", "x", "--chat-template-file", "/nonexistent.jinja"], "error: cannot read chat template file"),
-])
-def test_bad_command_line_input(args, needle):
-    out = run("run", "-m", models_dir() / "stories260K.gguf", *args)
+def test_chat_template_file(run, tmp_path):
+    f = tmp_path / "chatml.jinja"
+    f.write_text(CHATML)
+    out = run("chat", "-m", models_dir() / "stories260K.gguf", "--chat-template-file", f, "-n", 4, "--temp", 0, "-v",
+              stdin=b"Hi\n")
     err = out.stderr.decode()
-    assert out.returncode == 1, err
-    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert out.returncode == 0, err
+    assert "chat template: jinja" in err
+    assert "input: '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'" in err
 
 
-def test_prompt_file_not_utf8(tmp_path):
-    f = tmp_path / "bad.txt"
-    f.write_bytes(b"Once upon a \xff time")
-    out = run("run", "-m", models_dir() / "stories260K.gguf", "-f", f, "-i")
-    assert out.returncode == 1
-    assert "is not valid UTF-8" in out.stderr.decode()
+def test_chat_completion_stops_at_the_template_stop_string(chatml_model, monkeypatch):
+    """A model that writes ChatML's end-of-turn as text: the reply ends before `<|im_end|>` (the template's stop
+    string), finish_reason "stop". The model's tokens are scripted."""
+    from llamacpy.api import Llama
+
+    llm = Llama(str(chatml_model), n_ctx=256, verbose=False)
+    script = llm.tokenize(b"Sure, Tom.<|im_end|>\n<|im_start|>user", add_bos=False)
+    monkeypatch.setattr(llm._require_model(), "generate", lambda *a, **k: iter(script))
+    r = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=len(script) + 5)
+    assert r["choices"][0]["message"]["content"] == " Sure, Tom."  # the SPM piece "▁Sure" keeps its space
+    assert r["choices"][0]["finish_reason"] == "stop"
 
 
-def test_reverse_prompt_halts_without_interactive():
+def test_reverse_prompt_halts_without_interactive(run):
     out = run("run", "-m", models_dir() / "stories260K.gguf", "-p", "Once upon a time", "-n", 200, "--temp", 0,
               "-r", "Lily")
     assert out.returncode == 0, out.stderr.decode()
