@@ -36,7 +36,8 @@ def test_bench_missing_file_is_a_clear_error(tmp_path):
         bench.main(["-m", str(tmp_path / "nope.gguf")])
 
 
-@pytest.mark.parametrize("typ", ["F16", "Q4_0", "Q4_K_M", "Q3_K"])
+@pytest.mark.parametrize("typ", ["F16", pytest.param("Q4_0", marks=pytest.mark.slow), "Q4_K_M",
+                                 pytest.param("Q3_K", marks=pytest.mark.slow)])
 def test_random_gguf_loads_and_runs(tmp_path, typ):
     out = tmp_path / f"r-{typ}.gguf"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_random_gguf.py"), str(out), "--type", typ,
@@ -52,7 +53,34 @@ def test_random_gguf_loads_and_runs(tmp_path, typ):
     assert list(toks[:4]) == ["<unk>", "<s>", "</s>", "<0x00>"] and len(set(toks)) == 600
 
 
-def test_compare_script_without_or_with_llama_cpp():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_llamacpp.py"), "--help"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "llama.cpp" in r.stdout
+def _compare_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_llamacpp", ROOT / "benchmarks" / "compare_llamacpp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_script_without_llama_cpp(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    assert _compare_module().main([str(models_dir() / "stories260K.gguf"), "-p", "8", "-n", "4", "-r", "1"]) == 0
+    assert capsys.readouterr().out == "llama_cpp (llama-cpp-python) is not installed: nothing to compare against.\n"
+
+
+@pytest.mark.slow
+def test_compare_script_with_llama_cpp(capsys):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (the `oracle` extra)")
+    assert _compare_module().main([str(models_dir() / "stories260K.gguf"), "-p", "8", "-n", "4", "-r", "1",
+                                   "-t", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pp8" in out and "tg4" in out
+
+
+def test_bench_reports_the_threads_that_run(capsys):
+    import numba
+
+    many = numba.config.NUMBA_NUM_THREADS + 7
+    assert bench.main(["-m", str(models_dir() / "stories260K.gguf"), "-p", "0", "-n", "2", "-r", "1", "-t",
+                       str(many), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n_threads"] == numba.config.NUMBA_NUM_THREADS

@@ -85,7 +85,7 @@ def _run_tg(m, n: int, rng) -> float:
 
 def run_tests(path: str, n_prompt: list[int], n_gen: list[int], threads: list[int], reps: int,
               warmup: bool = True, log=None) -> list[dict]:
-    from .kernels import set_num_threads
+    from .kernels import get_num_threads, set_num_threads
     from .model import LlamaModel
 
     n_ctx = max([p for p in n_prompt] + [g for g in n_gen] + [1])
@@ -95,8 +95,9 @@ def run_tests(path: str, n_prompt: list[int], n_gen: list[int], threads: list[in
     rng = np.random.default_rng(0)
     results = []
     tests = [("pp", p) for p in n_prompt if p > 0] + [("tg", g) for g in n_gen if g > 0]
-    for th in threads:
-        set_num_threads(th)
+    for requested in threads:
+        set_num_threads(requested)
+        th = get_num_threads()  # what actually runs: capped at numba's thread pool (NUMBA_NUM_THREADS)
         for kind, n in tests:
             fn = _run_pp if kind == "pp" else _run_tg
             if warmup:
@@ -133,7 +134,7 @@ def md_row(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .model import physical_cores
+    from .cpu import physical_cores
 
     ap = argparse.ArgumentParser(prog="llamacpy bench", description="measure pp and tg speed (like llama-bench)")
     ap.add_argument("-m", "--model", action="append", required=True, help="GGUF file (repeatable)")

@@ -16,29 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import LlamaConfig
+from .cpu import physical_cores
 from .errors import ContextError, ModelError
 from .gguf_file import GGUFFile, ggml_type_name
 from .kernels import fuse_linears, make_linear, set_num_threads
 from .kernels import ops
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp's default thread count), falling back to the logical count."""
-    try:
-        cores = set()
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    cores.add((phys, core))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
 
 
 class KVCache:
