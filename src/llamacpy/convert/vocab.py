@@ -199,6 +199,33 @@ def bpe_vocab(model_dir: Path, vocab_size: int | None) -> Vocab:
 
 
 # ---------------------------------------------------------------------------------------------- special vocab
+def separate_chat_template(model_dir: Path):
+    """Newer checkpoints keep the template beside tokenizer_config.json (gguf-py's SpecialVocab, which uses it
+    when tokenizer_config.json has no `chat_template`): chat_template.jinja, plus additional_chat_templates/*.jinja
+    as named templates; otherwise chat_template.json's "chat_template"."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        text = _read_text(jinja)
+        extra = sorted((model_dir / "additional_chat_templates").glob("*.jinja"))
+        if not extra:
+            return text
+        return [{"name": "default", "template": text}] + [{"name": p.stem, "template": _read_text(p)} for p in extra]
+    cj = model_dir / "chat_template.json"
+    if cj.is_file():
+        data = read_json(cj)
+        return data.get("chat_template") if isinstance(data, dict) else None
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConvertError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConvertError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+
+
 def special_vocab_kvs(model_dir: Path, n_vocab: int, load_merges: bool) -> list[KV]:
     """gguf-py's SpecialVocab: merges, special token ids (tokenizer_config names resolved through
     tokenizer.json's added tokens first, then config.json's *_token_id), add_*_token flags, chat template."""
@@ -230,7 +257,7 @@ def special_vocab_kvs(model_dir: Path, n_vocab: int, load_merges: bool) -> list[
     tc = model_dir / "tokenizer_config.json"
     if tc.is_file():
         cfg = read_json(tc)
-        ct = cfg.get("chat_template")
+        ct = cfg.get("chat_template", separate_chat_template(model_dir) if cfg else None)
         if isinstance(ct, (str, list)):
             chat_template = ct
         for typ in SPECIAL_TYPES:
