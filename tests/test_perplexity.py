@@ -95,3 +95,31 @@ def test_text_shorter_than_context(capsys, tmp_path):
     assert out.returncode == 1
     assert "at least 128 tokens" in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+class _Terminal:
+    """A text stream that says it is a terminal (tqdm then draws on it)."""
+
+    def __init__(self):
+        import io
+
+        self.buf = io.StringIO()
+
+    def write(self, s):
+        return self.buf.write(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    out = ppl_cli(capsys, "stories260K.gguf", "--chunks", 2)
+    assert "perplexity:" in out.stderr and "chunk/s" not in out.stderr and "it/s" not in out.stderr  # a log: no bar
+    term = _Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    out = ppl_cli(capsys, "stories260K.gguf", "--chunks", 2)
+    assert out.returncode == 0
+    assert "perplexity:" in term.buf.getvalue() and "2/2" in term.buf.getvalue()  # stdout is captured: bar drawn

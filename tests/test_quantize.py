@@ -307,3 +307,18 @@ def test_cli_error_line_and_success(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "model size" in r.stdout and "quant size" in r.stdout
     assert "quantizing" in r.stderr  # the tqdm bar
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    assert qz.main([_src(), str(tmp_path / "a.gguf"), "Q8_0"]) == 0
+    assert "quantizing" not in capsys.readouterr().err  # stderr is not a terminal: no bar in logs
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    assert qz.main([_src(), str(tmp_path / "b.gguf"), "Q8_0"]) == 0
+    assert "quantizing" in term.getvalue() and "tensor" in term.getvalue()

@@ -3,7 +3,7 @@
 Owns: the chunking (non-overlapping windows of n_ctx tokens, the first token of each chunk replaced by BOS when
 the vocabulary adds one), scoring only the second half of each window, the running `[i]ppl` printout and the
 final `PPL = X +/- Y` (Y from the variance of the per-token negative log-likelihoods).
-Must not: print anything else on stdout; progress goes to stderr.
+Must not: print anything else on stdout; progress goes to stderr (a bar only when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -78,6 +78,23 @@ def perplexity(model: LlamaModel, tokens: list[int], n_ctx: int, n_batch: int, b
     return PerplexityResult(ppl=ppl, pm=pm, running=running, n_tokens_scored=count)
 
 
+def _chunk_bar(total: int):
+    """A progress bar on stderr when it is a terminal and stdout is not (on a terminal, stdout's running values
+    already show the progress); None otherwise."""
+    if not _isatty(sys.stderr) or _isatty(sys.stdout):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="chunk", desc="perplexity", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="llamacpy perplexity", description="Perplexity of a model over a text file.")
     p.add_argument("-m", "--model", required=True)
@@ -108,11 +125,19 @@ def main(argv: list[str]) -> int:
           f"{args.ctx_size}, batch_size={min(args.batch_size, args.ctx_size)}", file=sys.stderr)
     t1 = time.perf_counter()
 
+    bar = _chunk_bar(n_chunk if args.chunks < 0 else min(n_chunk, args.chunks))
+
     def show(i, ppl):
         sys.stdout.write(f"[{i + 1}]{ppl:.4f},")
         sys.stdout.flush()
+        if bar is not None:
+            bar.update(1)
 
-    res = perplexity(model, tokens, args.ctx_size, args.batch_size, bos, args.chunks, on_chunk=show)
+    try:
+        res = perplexity(model, tokens, args.ctx_size, args.batch_size, bos, args.chunks, on_chunk=show)
+    finally:
+        if bar is not None:
+            bar.close()
     print()
     print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.pm:.5f}")
     dt = time.perf_counter() - t1

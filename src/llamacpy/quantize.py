@@ -372,7 +372,8 @@ def _progress_factory(enabled: bool):
     from tqdm import tqdm
 
     def wrap(specs):
-        bar = tqdm(specs, unit="tensor", desc="quantizing", file=sys.stderr, dynamic_ncols=True)
+        # disable=None: tqdm draws only when stderr is a terminal, so logs and pipes get no bar
+        bar = tqdm(specs, unit="tensor", desc="quantizing", file=sys.stderr, dynamic_ncols=True, disable=None)
         for spec in bar:
             bar.set_postfix_str(f"{spec.name} -> {Q.type_name(spec.ggml_type)}", refresh=False)
             yield spec
