@@ -11,8 +11,9 @@ from shared import golden_dir, models_dir
 from tiny_models import write_tiny_llama
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def llm():
+    # a fresh object per test (loading stories260K takes milliseconds): no test sees another's cache or scores
     return Llama(str(models_dir() / "stories260K.gguf"), n_ctx=256, verbose=False, logits_all=True)
 
 
@@ -66,11 +67,20 @@ def test_stop_string_truncates_and_reports_stop(llm):
     assert out["choices"][0]["finish_reason"] == "stop"
 
 
-def test_generate_yields_tokens_and_reuses_prefix(llm):
+def test_generate_yields_tokens_and_reuses_prefix(llm, monkeypatch):
     case = greedy_case()
     it = llm.generate(case["prompt_tokens"], temp=0)
     got = [next(it) for _ in range(10)]
-    assert got == case["tokens"][:10]
+    assert got == case["tokens"][:10]  # llama.cpp's greedy story
+    # a second call whose prompt extends what is cached evaluates only the new tokens and continues the story
+    session = llm._require_model()
+    evaluated = []
+    real_eval = session.eval
+    monkeypatch.setattr(session, "eval", lambda toks, *a, **k: evaluated.append(list(toks)) or real_eval(toks, *a, **k))
+    prompt = case["prompt_tokens"] + case["tokens"][:9]  # the cache holds the prompt and 9 of the 10 tokens
+    it = llm.generate(prompt, temp=0)
+    assert [next(it) for _ in range(5)] == case["tokens"][9:14]
+    assert evaluated[0] == case["tokens"][8:9]  # the last prompt token only (its logits are needed): prefix reused
 
 
 def test_seeded_sampling_is_reproducible(llm):

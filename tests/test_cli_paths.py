@@ -172,3 +172,10 @@ def test_multiline_input_flag(capsys):
     assert "input: 'first\\nsecond\\n'" in r.stderr
     r = interactive(capsys, "-p", "Hi", "-n", 2, "-v", stdin=b"first\nsecond/\n")
     assert "input: 'first\\n'" in r.stderr and "input: 'second\\n'" in r.stderr
+
+
+def test_context_shifts_keep_the_prefix(capsys):
+    r = interactive(capsys, "-p", "Once upon a time", "-c", 64, "--keep", 4, "-n", 150, "--ignore-eos", "-v")
+    shifts = [ln for ln in r.stderr.splitlines() if ln.startswith("context shift ")]
+    assert len(shifts) >= 3, r.stderr
+    assert all("n_keep = 5," in ln and "kept prefix intact = yes" in ln for ln in shifts)  # --keep 4 + BOS

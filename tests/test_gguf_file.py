@@ -2,7 +2,6 @@
 
 import os
 import resource
-import time
 
 import numpy as np
 import pytest
@@ -38,17 +37,14 @@ def test_matches_gguf_reader(name):
         np.testing.assert_array_equal(ours.tensor_bytes(t.name).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1))
 
 
-def test_large_vocab_opens_fast_and_in_bulk():
-    # Llama 3 vocab: 128K tokens + 280K merges. gguf's reader takes ~20 s here; ours must be well under 1 s.
-    # Not a benchmark: the bound is ~5x above what we measure (~0.2 s), so a noisy machine will not flake.
+def test_large_vocab_opens_in_bulk():
+    # Llama 3 vocab: 128K tokens + 280K merges, read as whole arrays (no timing assert in a unit test; the speed is
+    # measured in benchmarks, ~0.2 s here against ~20 s for gguf's reader)
     path = golden_dir() / "tokenizer" / "ggml-vocab-llama-bpe.gguf"
-    t0 = time.perf_counter()
     g = GGUFFile(path)
-    elapsed = time.perf_counter() - t0
     assert len(g.metadata["tokenizer.ggml.tokens"]) == 128256
     assert len(g.metadata["tokenizer.ggml.merges"]) == 280147
     assert g.metadata["tokenizer.ggml.merges"][0] == "Ġ Ġ"
-    assert elapsed < 1.0
 
 
 def _rss_kib() -> int:

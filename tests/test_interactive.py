@@ -9,6 +9,8 @@ import pytest
 from pty_session import USER_COLOR, PtySession
 from shared import PROJECT_ROOT, models_dir
 
+pytestmark = pytest.mark.slow  # pseudo-terminal sessions (~45 s); the loop itself is also tested in-process (test_cli_paths.py)
+
 PROMPTS = PROJECT_ROOT / "prompts"
 SHIFT_RE = re.compile(r"context shift (\d+): n_past = (\d+), n_keep = (\d+), n_discard = (\d+), "
                       r"kept prefix intact = (\w+), ([\d.]+) ms")
@@ -38,7 +40,7 @@ def test_chat_transcript_with_context_shifts(session):
     """The issue's scenario: a transcript prompt ending in "User:", a 128-token window with --keep 16, -n 400.
     Control comes back at once (the prompt ends with the reverse prompt), then after each typed line the model
     writes until -n runs out; the window shifts many times, the kept prefix stays intact at the front of the
-    cache, and a shift costs the same small time late in the session as early on."""
+    cache, and the model keeps answering."""
     s = session("-c", 128, "--keep", 16, "-n", 400, "-i", "-r", "User:", "-f", PROMPTS / "chat-with-tom.txt",
                 "--temp", 0, "--color", "-v")
     first = s.wait_for_control()
@@ -60,11 +62,8 @@ def test_chat_transcript_with_context_shifts(session):
     assert all(g[2] == "17" for g in shifts)  # --keep 16 + BOS
     assert all(g[4] == "yes" for g in shifts)  # the kept tokens and their K/V cells stayed at the front
     assert "Error" not in err and "Traceback" not in err
-    ms = [float(g[5]) for g in shifts]
-    assert max(ms[1:]) < 50  # a shift is a re-rotation, not a re-evaluation
-    third = len(ms) // 3
-    late, early = sum(ms[-third:]) / third, sum(ms[1:third + 1]) / third
-    assert late < 5 * early + 2.0  # no pause that grows with the session
+    # (the shift's cost is printed, ms, but not asserted: no timing asserts in tests; a shift re-rotates keys, and
+    # "kept prefix intact" plus the token counts above show it does not re-evaluate)
     assert sum(1 for ln in err.splitlines() if ln.startswith("input: ")) == len(lines)
 
 

@@ -198,9 +198,10 @@ def test_add_bos_without_a_bos_token():
         load_tokenizer(metadata, "one-token.gguf")
 
 
-# -- optional cross-check against llama.cpp itself ------------------------------------------------------------
+# -- cross-check against llama.cpp itself (the `oracle` extra: pip install -e '.[oracle]'; run by -m slow) ---------
+@pytest.mark.slow
 def test_random_text_matches_llama_cpp_python(spm):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (optional oracle)")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (the `oracle` extra)")
     oracle = llama_cpp.Llama(str(spm_vocab_path()), vocab_only=True, verbose=False)
     alphabet = list("abcXYZ  \t\n'.,!?0123456789") + [
         "é", "日", "🦙", "\u0301", "\u00a0", "<s>", "</s>", "▁", "  "]
