@@ -84,3 +84,19 @@ def _partial(piece: bytes) -> bool:
         return False
     except UnicodeDecodeError:
         return True
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_plain_run_halts_at_a_non_ascii_reverse_prompt(capsys, monkeypatch, text):
+    """`llamacpy run -r WORD` (no -i) on stories260K's SPM vocab, the model's tokens scripted."""
+    from cli_inproc import run_cli
+    from llamacpy import cli_run
+
+    path = models_dir() / "stories260K.gguf"
+    tok = load_tokenizer(GGUFFile(path).metadata, str(path))
+    word = text.split()[-1]
+    script = tok.tokenize(f" {text} and more text".encode(), add_bos=False, special=False)
+    monkeypatch.setattr(cli_run.Session, "generate", lambda self, *a, **k: iter(script))
+    r = run_cli(capsys, "run", "-m", path, "-p", "Hi", "-n", 50, "-r", word, "--no-display-prompt")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n").endswith(word) and "more text" not in r.stdout
