@@ -55,15 +55,13 @@ def test_completion_stops_at_eot():
     assert out["usage"]["completion_tokens"] == 0
 
 
-def test_cli_run_stops_at_eot():
-    import subprocess
-    import sys
+def test_cli_run_stops_at_eot(capsys):
+    from cli_inproc import run_cli
 
     llm = Llama(str(models_dir() / "llama3-style-f16.gguf"), vocab_only=True, verbose=False)
     eot = llm.tokenize(b"<|eot_id|>", add_bos=False, special=True)[0]
-    out = subprocess.run([sys.executable, "-m", "llamacpy", "run", "-m", str(models_dir() / "llama3-style-f16.gguf"),
-                          "-p", "Hello", "-n", "20", "--temp", "0", "-c", "128", "-l", f"{eot}+100"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli(capsys, "run", "-m", models_dir() / "llama3-style-f16.gguf", "-p", "Hello", "-n", "20", "--temp",
+                  "0", "-c", "128", "-l", f"{eot}+100")
     assert out.returncode == 0, out.stderr
     assert "[end of text]" in out.stderr
     assert "eval time =       0.00 ms /     0 runs" in out.stderr  # stopped at the first sampled token
