@@ -145,3 +145,22 @@ def test_greedy_teacher_forced_matches_llama_cpp(cached_model, case):
 def test_greedy_cases_cover_every_model():
     models = {c["model"] for c in json.loads((golden_dir() / "greedy.json").read_text())["cases"]}
     assert len(greedy_cases()) == 30 and len(models) == 10
+
+
+@pytest.mark.parametrize("folder,npz,model", [
+    ("logits", "stories260K", "stories260K.gguf"),
+    ("logits", "llamacpp-f32", None),
+    ("logits-llama3", "llama3-style-f16", "llama3-style-f16.gguf"),
+])
+def test_logit_prompts_tokenize_like_llama_cpp(folder, npz, model):
+    """golden/<folder>/prompts.json: prompt i is what p{i}_tokens encodes (llama.cpp's tokenization, BOS first)."""
+    from llamacpy.gguf_file import GGUFFile
+    from llamacpy.tokenizer import load_tokenizer
+
+    path = models_dir() / model if model else model_path(npz)
+    tok = load_tokenizer(GGUFFile(path).metadata, str(path))
+    prompts = json.loads((golden_dir() / folder / "prompts.json").read_text())
+    g = np.load(golden_dir() / folder / f"{npz}.npz")
+    assert len(prompts) == 3
+    for i, prompt in enumerate(prompts):
+        assert tok.tokenize(prompt.encode(), add_bos=True, special=False) == g[f"p{i}_tokens"].tolist()
