@@ -1,4 +1,5 @@
-"""Test-wide setup: tests/ on sys.path, session-scoped caches of loaded models, and the skip allow-list.
+"""Test-wide setup: tests/ on sys.path, session-scoped caches of loaded models, the skip allow-list, and the check
+that every ../shared/golden/MANIFEST.json file is read by some test.
 
 Session caches hold read-only objects (a LlamaModel's weights); every user clears the KV cache before use, so no
 test depends on what another left behind.
