@@ -1,6 +1,7 @@
 """The built-in demo model: shipped as package data, equal to llama.cpp's stories260K, used when -m is omitted."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,16 @@ def test_run_without_model_uses_demo_and_says_so():
     assert out.stdout.decode() == " Once upon a time" + case["text"] + "\n"
     assert "built-in demo model" in err and "stories260K" in err and "-m FILE.gguf" in err
     assert "eval time =" in err
+
+
+def test_compile_notice_only_when_compiling(tmp_path):
+    """A cold numba cache prints the one compile line; the next run, served from the cache, does not."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    cmd = [sys.executable, "-m", "llamacpy", "run", "-p", "Once", "-n", "2", "--temp", "0"]
+    lines = []
+    for _ in range(2):
+        out = subprocess.run(cmd, capture_output=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr.decode()
+        lines.append([ln for ln in out.stderr.decode().splitlines() if "compiling kernels for this CPU, once" in ln])
+    assert len(lines[0]) == 1 and str(tmp_path / "numba") in lines[0][0]
+    assert lines[1] == []

@@ -55,6 +55,9 @@ def resolve_model(args, log=None) -> str | list[str]:
     """The local path(s) the flags name; downloads if -hf / -mu ask for it. Returns a list when the parser
     was built with `multiple` (-m may then be repeated)."""
     log = log if log is not None else sys.stderr
+    from . import compile_notice
+
+    compile_notice.install()
     multiple = bool(getattr(args, "model_multiple", False))
     given = list(args.model or []) if multiple else ([args.model] if args.model else [])
     hf_repo, hf_file, url = args.hf_repo, args.hf_file, args.model_url
