@@ -159,12 +159,19 @@ class _Cursor:
         self.pos = pos
         return out  # type: ignore[return-value]
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
             etype = self.u32(what)
             count = self.u64(what)
+            # every element takes at least this many bytes: a count the rest of the file cannot hold is refused
+            # before anything is allocated for it
+            least = 8 if etype == _STRING else 12 if etype == _ARRAY else (
+                _SCALAR_TYPES[etype][1].itemsize if etype in _SCALAR_TYPES else 1)
+            if count * least > self.size - self.pos:
+                raise GGUFError(f"{self.path}: truncated GGUF file (array {what!r} claims {count} elements, "
+                                f"{self.size - self.pos} bytes are left)")
             if etype == _STRING:
                 return self.string_array(count, what)
             if etype in _SCALAR_TYPES:
@@ -175,7 +182,9 @@ class _Cursor:
                 self.pos += nbytes
                 return arr
             if etype == _ARRAY:
-                return [self.value(_ARRAY, what) for _ in range(count)]
+                if depth >= 8:
+                    raise GGUFError(f"{self.path}: array {what!r} nests deeper than 8 levels")
+                return [self.value(_ARRAY, what, depth + 1) for _ in range(count)]
             raise GGUFError(f"{self.path}: unknown array element type {etype} in key {what!r}")
         if vtype in _SCALAR_TYPES:
             return self.scalar(vtype, what)
