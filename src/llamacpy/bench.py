@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .errors import LlamacpyError
+from .model_source import add_model_args, resolve_model
 
 FILE_TYPES = {0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K - Medium",
               11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large", 14: "Q4_K - Small",
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cpu import physical_cores
 
     ap = argparse.ArgumentParser(prog="llamacpy bench", description="measure pp and tg speed (like llama-bench)")
-    ap.add_argument("-m", "--model", action="append", required=True, help="GGUF file (repeatable)")
+    add_model_args(ap, multiple=True)
     ap.add_argument("-p", "--n-prompt", type=_ints, default=[512])
     ap.add_argument("-n", "--n-gen", type=_ints, default=[128])
     ap.add_argument("-t", "--threads", type=_ints, default=None)
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", choices=["md", "json"], default="md")
     ap.add_argument("--no-warmup", action="store_true")
     a = ap.parse_args(argv)
+    a.model = resolve_model(a)
     threads = a.threads or [physical_cores()]
     if a.repetitions < 1 or any(t < 1 for t in threads):
         raise LlamacpyError("bench: -r and -t must be >= 1")

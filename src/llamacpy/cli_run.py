@@ -21,6 +21,7 @@ from .errors import ContextError, LlamacpyError
 from .generation import Session, Timings
 from .gguf_file import GGUFFile
 from .model import LlamaModel
+from .model_source import add_model_args, resolve_model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import load_tokenizer
 
@@ -46,7 +47,7 @@ def _alias(*names: str) -> list[str]:
 
 def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Generate text with a GGUF llama model.", allow_abbrev=False)
-    p.add_argument(*_alias("-m", "--model"), dest="model", required=True, help="path to the GGUF model")
+    add_model_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("-p", "--prompt", default=None, help="prompt text")
     src.add_argument(*_alias("-f", "--file"), dest="file", default=None, help="file holding the prompt")
@@ -251,6 +252,7 @@ def conversation_template(args, chat: bool, metadata: dict, tokenizer) -> ChatTe
 def main(argv: list[str], chat: bool = False) -> int:
     args = build_parser("llamacpy chat" if chat else "llamacpy run").parse_args(argv)
     validate(args, chat)
+    args.model = resolve_model(args)
     timings = Timings()
     prompt = read_prompt(args)
     tokenizer, model = load(args, timings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from .errors import GGUFError
 
 GGUF_MAGIC = b"GGUF"
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"  # gguf-split's keys
 DEFAULT_ALIGNMENT = 32
 
 # GGUF metadata value types -> (struct code, numpy dtype)
@@ -93,6 +95,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     offset: int  # absolute offset of the data in the file
     nbytes: int
+    part: int = 0  # index of the file holding the data (0 unless the model is split, see GGUFFile)
 
     @property
     def type_name(self) -> str:
@@ -156,12 +159,19 @@ class _Cursor:
         self.pos = pos
         return out  # type: ignore[return-value]
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
             etype = self.u32(what)
             count = self.u64(what)
+            # every element takes at least this many bytes: a count the rest of the file cannot hold is refused
+            # before anything is allocated for it
+            least = 8 if etype == _STRING else 12 if etype == _ARRAY else (
+                _SCALAR_TYPES[etype][1].itemsize if etype in _SCALAR_TYPES else 1)
+            if count * least > self.size - self.pos:
+                raise GGUFError(f"{self.path}: truncated GGUF file (array {what!r} claims {count} elements, "
+                                f"{self.size - self.pos} bytes are left)")
             if etype == _STRING:
                 return self.string_array(count, what)
             if etype in _SCALAR_TYPES:
@@ -172,7 +182,9 @@ class _Cursor:
                 self.pos += nbytes
                 return arr
             if etype == _ARRAY:
-                return [self.value(_ARRAY, what) for _ in range(count)]
+                if depth >= 8:
+                    raise GGUFError(f"{self.path}: array {what!r} nests deeper than 8 levels")
+                return [self.value(_ARRAY, what, depth + 1) for _ in range(count)]
             raise GGUFError(f"{self.path}: unknown array element type {etype} in key {what!r}")
         if vtype in _SCALAR_TYPES:
             return self.scalar(vtype, what)
@@ -186,7 +198,7 @@ class GGUFFile:
     arrays). `tensors`: dict name -> TensorInfo, in file order. `tensor(name)` returns a zero-copy numpy view.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, _single: bool = False):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise GGUFError(f"{self.path}: no such file")
@@ -203,6 +215,50 @@ class GGUFFile:
         self.size = size
         self._buf = memoryview(self._mmap)
         self._parse()
+        self._mmaps = [self._mmap]  # one per file of a split model, indexed by TensorInfo.part
+        self.parts = [self.path]
+        if not _single:
+            self._open_split_parts()
+
+    def _open_split_parts(self) -> None:
+        """gguf-split output: every part has split.no (u16), split.count (u16) and split.tensors.count (i32);
+        the first holds all metadata. Given the first part NAME-00001-of-0000N.gguf, open the others (as
+        llama.cpp's loader does, from the same prefix) and merge their tensor tables."""
+        count = self.metadata.get(SPLIT_COUNT)
+        if count is None:
+            return
+        no = self.metadata.get(SPLIT_NO, 0)
+        if not isinstance(count, int) or not isinstance(no, int) or count < 1 or not 0 <= no < count:
+            raise GGUFError(f"{self.path}: invalid split metadata ({SPLIT_NO}={no!r}, {SPLIT_COUNT}={count!r})")
+        if count == 1:
+            return
+        m = re.fullmatch(r"(.*)-(\d{5})-of-(\d{5})\.gguf", self.path)
+        if no != 0:
+            first = f"{m.group(1)}-00001-of-{count:05d}.gguf" if m else "its first part"
+            raise GGUFError(f"{self.path}: this is part {no + 1} of {count} of a split model; open {first}")
+        if not m or int(m.group(2)) != 1 or int(m.group(3)) != count:
+            raise GGUFError(f"{self.path}: split model ({SPLIT_COUNT}={count}) whose file name does not end in "
+                            f"-00001-of-{count:05d}.gguf, so its other parts cannot be found")
+        expected = self.metadata.get(SPLIT_TENSORS)
+        tensors = dict(self.tensors)
+        for i in range(1, count):
+            part_path = f"{m.group(1)}-{i + 1:05d}-of-{count:05d}.gguf"
+            if not os.path.isfile(part_path):
+                raise GGUFError(f"{self.path}: split part {i + 1} of {count} is missing ({part_path})")
+            part = GGUFFile(part_path, _single=True)
+            if part.metadata.get(SPLIT_NO) != i or part.metadata.get(SPLIT_COUNT) != count:
+                raise GGUFError(f"{part_path}: {SPLIT_NO}={part.metadata.get(SPLIT_NO)!r}, "
+                                f"{SPLIT_COUNT}={part.metadata.get(SPLIT_COUNT)!r}; expected part {i} of {count}")
+            for name, info in part.tensors.items():
+                if name in tensors:
+                    raise GGUFError(f"{part_path}: tensor {name!r} is also in an earlier part")
+                tensors[name] = TensorInfo(info.name, info.ggml_type, info.shape, info.offset, info.nbytes, i)
+            self._mmaps.append(part._mmap)
+            self.parts.append(part_path)
+        if expected is not None and expected != len(tensors):
+            raise GGUFError(f"{self.path}: {SPLIT_TENSORS}={expected} but the {count} parts hold {len(tensors)} "
+                            "tensors (corrupted split model)")
+        self.tensors = tensors
 
     def _parse(self) -> None:
         cur = _Cursor(self._buf, self.path)
@@ -283,7 +339,7 @@ class GGUFFile:
         if info.ggml_type not in GGML_TYPES:
             raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type {info.ggml_type}")
         _, block, tsize = GGML_TYPES[info.ggml_type]
-        arr = np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        arr = np.frombuffer(self._mmaps[info.part], dtype=np.uint8, count=info.nbytes, offset=info.offset)
         if not info.shape:
             return arr
         row_bytes = info.shape[-1] // block * tsize
@@ -295,10 +351,10 @@ class GGUFFile:
         simple = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64, 28: np.float64}
         if info.ggml_type in simple:
             dt = np.dtype(simple[info.ggml_type]).newbyteorder("<")
-            arr = np.frombuffer(self._mmap, dtype=dt, count=info.n_elements, offset=info.offset)
+            arr = np.frombuffer(self._mmaps[info.part], dtype=dt, count=info.n_elements, offset=info.offset)
             return arr.reshape(info.shape)
         if info.ggml_type == 30:  # BF16: return the raw uint16 words
-            arr = np.frombuffer(self._mmap, dtype="<u2", count=info.n_elements, offset=info.offset)
+            arr = np.frombuffer(self._mmaps[info.part], dtype="<u2", count=info.n_elements, offset=info.offset)
             return arr.reshape(info.shape)
         return self.tensor_bytes(name)
 

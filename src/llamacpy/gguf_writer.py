@@ -72,15 +72,19 @@ def write_gguf(
     *,
     alignment: int | None = None,
     progress: Callable[[Iterable[TensorSpec]], Iterable[TensorSpec]] | None = None,
+    require_arch: bool = True,
 ) -> None:
-    """Write a complete GGUF file atomically. `kvs` must include general.architecture.
+    """Write a complete GGUF file atomically. `kvs` must include general.architecture unless `require_arch`
+    is False (the later parts of a split model hold only split.* keys).
     `progress` optionally wraps the tensor iteration (e.g. a tqdm factory)."""
     path = os.fspath(path)
     out_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(out_dir):
         raise LlamacpyError(f"{path}: output folder {out_dir} does not exist")
     arch = next((kv.value for kv in kvs if kv.key == "general.architecture"), None)
-    if arch is None:
+    if arch is None and not require_arch:
+        arch = ""
+    elif arch is None:
         raise ValueError("write_gguf: metadata must contain general.architecture")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=out_dir)

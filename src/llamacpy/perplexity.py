@@ -20,6 +20,7 @@ from .errors import LlamacpyError
 from .generation import Session
 from .gguf_file import GGUFFile
 from .model import LlamaModel
+from .model_source import add_model_args, resolve_model
 from .tokenizer import load_tokenizer
 
 
@@ -97,13 +98,14 @@ def _isatty(stream) -> bool:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="llamacpy perplexity", description="Perplexity of a model over a text file.")
-    p.add_argument("-m", "--model", required=True)
+    add_model_args(p)
     p.add_argument("-f", "--file", required=True, help="text file")
     p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=512)
     p.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=int, default=2048)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--chunks", type=int, default=-1, help="max chunks to process (-1 = all)")
     args = p.parse_args(argv)
+    args.model = resolve_model(args)
     if args.ctx_size <= 1:
         raise PerplexityError(f"-c must be at least 2, got {args.ctx_size}")
     if args.chunks == 0 or args.chunks < -1:

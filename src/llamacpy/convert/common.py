@@ -122,3 +122,42 @@ def progress_factory():
         return tqdm(tensors, desc="converting", unit="tensor", file=sys.stderr)
 
     return wrap
+
+
+_ABSENT = object()
+
+
+def check_config(cfg, path, ints: dict, floats: dict = None, dicts: tuple = (), strlists: tuple = ()) -> dict:
+    """Validate the fields of a params.json / config.json that a converter uses, before it uses them, so a
+    malformed file ends in one ConvertError naming the file and the field (never a TypeError deep inside).
+    `ints`: key -> (required, lowest, highest); `floats`: key -> required (finite, > 0); `dicts`: keys that
+    must be an object or null; `strlists`: keys that must be a list of strings or null. null counts as absent."""
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    for key, (required, lo, hi) in ints.items():
+        v = cfg.get(key)
+        if v is None:
+            if required:
+                raise ConvertError(f"{path}: missing {key}")
+            continue
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConvertError(f"{path}: {key} must be an integer in [{lo}, {hi}], got {v!r:.60}")
+        cfg[key] = v
+    for key, required in (floats or {}).items():
+        v = cfg.get(key)
+        if v is None:
+            if required:
+                raise ConvertError(f"{path}: missing {key}")
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+            raise ConvertError(f"{path}: {key} must be a positive number, got {v!r:.60}")
+    for key in dicts:
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ConvertError(f"{path}: {key} must be an object or null, got {cfg[key]!r:.60}")
+    for key in strlists:
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+            raise ConvertError(f"{path}: {key} must be a list of strings, got {v!r:.60}")
+    return cfg

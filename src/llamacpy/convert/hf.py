@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGUFValueType as VT
 
 from ..gguf_writer import KV, TensorSpec
-from .common import ConvertError, LazyTensor, OUTTYPES, encode, model_title, pick_type, size_label
+from .common import check_config, ConvertError, LazyTensor, OUTTYPES, encode, model_title, pick_type, size_label
 from .pth import load_state_dict
 from .safetensors import load_safetensors
 from . import vocab as vocab_mod
@@ -70,6 +70,10 @@ def llama3_rope_factors(cfg: dict) -> np.ndarray:
     """Per-frequency divisors of Llama 3.1 rope scaling, computed in float32 like convert_hf_to_gguf.py.
     Returns (head_dim // 2,) float32."""
     rs = cfg["rope_scaling"]
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        v = rs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ConvertError(f"config.json: rope_scaling.{key} must be a positive number, got {v!r:.60}")
     base = float(cfg.get("rope_theta", 10000.0))
     dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
     f32 = np.float32
@@ -134,7 +138,18 @@ def plan(src: Path, outtype: str, vocab_only: bool = False) -> tuple[list[KV], l
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{src}: config.json is missing")
-    cfg = vocab_mod.read_json(cfg_path)
+    cfg = check_config(vocab_mod.read_json(cfg_path), cfg_path, ints={
+        "num_hidden_layers": (True, 1, 4096), "hidden_size": (True, 1, 1 << 20),
+        "num_attention_heads": (True, 1, 1 << 14), "intermediate_size": (True, 1, 1 << 22),
+        "num_key_value_heads": (False, 0, 1 << 14), "head_dim": (False, 0, 1 << 14),
+        "vocab_size": (False, 1, 1 << 24), "max_position_embeddings": (False, 0, 1 << 31),
+        "n_ctx": (False, 0, 1 << 31), "n_embd": (False, 0, 1 << 20), "n_inner": (False, 0, 1 << 22),
+        "n_head": (False, 0, 1 << 14)},
+        floats={"rope_theta": False, "rms_norm_eps": False}, dicts=("rope_scaling",), strlists=("architectures",))
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if hd == 0 or hd % 2:
+        raise ConvertError(f"{cfg_path}: head size {hd} (head_dim, or hidden_size / num_attention_heads) must be a "
+                           "positive even number")
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else cfg.get("model_type", "?")
     if arch not in ARCHITECTURES:
@@ -176,9 +191,9 @@ def plan(src: Path, outtype: str, vocab_only: bool = False) -> tuple[list[KV], l
                 seen[name] = path
                 want = expected.get(new)
                 if want is None:
-                    raise ConvertError(f"{path.name}: tensor {name} is not expected for a {n_layer}-layer model")
+                    raise ConvertError(f"{path}: tensor {name} is not expected for a {n_layer}-layer model")
                 if lt.shape != want:
-                    raise ConvertError(f"{path.name}: tensor {name} has shape {list(lt.shape)}, "
+                    raise ConvertError(f"{path}: tensor {name} has shape {list(lt.shape)}, "
                                        f"expected {list(want)} from config.json")
                 if name.endswith(("q_proj.weight", "q_proj.bias")):
                     lt = lt.map(lambda w: permute_qk(w, n_head))
@@ -226,6 +241,9 @@ def plan(src: Path, outtype: str, vocab_only: bool = False) -> tuple[list[KV], l
     kvs.append(KV("llama.vocab_size", int(n_vocab), VT.UINT32))
     kvs.append(KV("llama.rope.dimension_count", head_dim, VT.UINT32))
     if isinstance(rope_scaling, dict) and "factor" in rope_scaling and rope_scaling.get("type") == "linear":
+        f = rope_scaling["factor"]
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise ConvertError(f"{cfg_path}: rope_scaling.factor must be a positive number, got {f!r:.60}")
         kvs.append(KV("llama.rope.scaling.type", "linear", VT.STRING))
         kvs.append(KV("llama.rope.scaling.factor", float(rope_scaling["factor"]), VT.FLOAT32))
 

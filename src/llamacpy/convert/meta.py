@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGUFValueType as VT
 
 from ..gguf_writer import KV, TensorSpec
-from .common import ConvertError, LazyTensor, OUTTYPES, encode, model_title, size_label
+from .common import check_config, ConvertError, LazyTensor, OUTTYPES, encode, model_title, size_label
 from .pth import load_state_dict
 from . import vocab as vocab_mod
 
@@ -97,7 +97,13 @@ def plan(src: Path, outtype: str, vocab_only: bool = False) -> tuple[list[KV], l
     params_path = src / "params.json"
     if not params_path.is_file():
         raise ConvertError(f"{src}: params.json is missing")
-    params = vocab_mod.read_json(params_path)
+    params = check_config(vocab_mod.read_json(params_path), params_path, ints={
+        "dim": (True, 1, 1 << 20), "n_layers": (True, 1, 4096), "n_heads": (True, 1, 1 << 14),
+        "n_kv_heads": (False, 0, 1 << 14), "vocab_size": (False, -1, 1 << 24), "multiple_of": (False, 0, 1 << 20)},
+        floats={"norm_eps": True, "rope_theta": False})
+    if params["dim"] % params["n_heads"] or (params["dim"] // params["n_heads"]) % 2:
+        raise ConvertError(f"{params_path}: dim {params['dim']} must be n_heads ({params['n_heads']}) times an "
+                           "even head size")
     try:
         n_embd, n_layer, n_head, eps = (int(params["dim"]), int(params["n_layers"]), int(params["n_heads"]),
                                         float(params["norm_eps"]))

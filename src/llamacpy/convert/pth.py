@@ -83,11 +83,11 @@ class _Archive:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
-            raise ConvertError(f"{path}: not a PyTorch zip checkpoint (legacy non-zip torch pickles are not "
-                               "supported; re-save with a recent torch)") from None
         except OSError as e:
             raise ConvertError(f"{path}: cannot open ({e.strerror})") from None
+        except Exception:  # BadZipFile, and the ValueError/EOFError/struct.error a damaged directory gives
+            raise ConvertError(f"{path}: not a PyTorch zip checkpoint (legacy non-zip torch pickles are not "
+                               "supported; re-save with a recent torch)") from None
         pkls = [n for n in self.zip.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkls) != 1:
             raise ConvertError(f"{path}: not a PyTorch checkpoint (no single data.pkl in the archive)")
@@ -105,13 +105,24 @@ class _Archive:
             raise ConvertError(f"{self.path}: storage {name} holds {info.file_size} bytes, "
                                f"needs {numel * dtype.itemsize}")
         if info.compress_type != zipfile.ZIP_STORED:  # unusual: decompress this one member
-            return np.frombuffer(self.zip.read(name), dtype=dtype, count=numel)
+            return np.frombuffer(self.read(name), dtype=dtype, count=numel)
         # local file header: 30 fixed bytes, then the file name and the extra field
         h = info.header_offset
+        if h < 0 or h + 30 > len(self.mm) or self.mm[h:h + 4] != b"PK\x03\x04":
+            raise ConvertError(f"{self.path}: storage {name}: damaged zip entry (no local header at byte {h})")
         name_len = int.from_bytes(self.mm[h + 26 : h + 28], "little")
         extra_len = int.from_bytes(self.mm[h + 28 : h + 30], "little")
         start = h + 30 + name_len + extra_len
+        if start + numel * dtype.itemsize > len(self.mm):
+            raise ConvertError(f"{self.path}: storage {name} runs past the end of the file (truncated?)")
         return np.frombuffer(self.mm, dtype=dtype, count=numel, offset=start)
+
+    def read(self, name: str) -> bytes:
+        """One member's bytes (checked by zipfile against its CRC)."""
+        try:
+            return self.zip.read(name)
+        except Exception as e:  # BadZipFile (CRC, header), zlib.error, EOFError, ...
+            raise ConvertError(f"{self.path}: damaged zip member {name} ({type(e).__name__}: {e})") from None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -148,7 +159,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, LazyTensor]:
     """Lazy state dict of a torch zip checkpoint, in pickle order."""
     path = os.fspath(path)
     archive = _Archive(path)
-    data = archive.zip.read(f"{archive.prefix}data.pkl")
+    data = archive.read(f"{archive.prefix}data.pkl")
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), archive).load()
     except ConvertError:

@@ -53,8 +53,12 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, LazyTensor]:
         try:
             dtype_name, shape, (start, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), \
                 entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ConvertError(f"{path}: invalid safetensors header entry for {name!r}") from None
+        if not (isinstance(dtype_name, str) and all(isinstance(v, int) and not isinstance(v, bool) for v in
+                                                    (start, end)) and all(d >= 0 for d in shape)):
+            raise ConvertError(f"{path}: invalid safetensors header entry for {name!r} (dtype, shape or "
+                               "data_offsets of the wrong kind)")
         dtype = _DTYPES.get(dtype_name)
         if dtype is None:
             raise ConvertError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name} "

@@ -13,7 +13,7 @@ import heapq
 
 from ..errors import TokenizerError
 from .pretokenizers import pre_tokenizer_for, split_words
-from .vocab import KEY_PREFIX, Tokenizer
+from .vocab import KEY_PREFIX, Tokenizer, token_bytes
 
 WORD_CACHE_LIMIT = 200_000
 
@@ -77,9 +77,9 @@ def byte_decode(text: str) -> bytes:
         byte = CHAR_TO_BYTE.get(ch)
         if byte is not None:
             out.append(byte)
-        else:
-            utf8 = ch.encode("utf-8")
-            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8") + b"]"
+        else:  # a raw non-UTF-8 byte of the token text (U+DC80..U+DCFF) decodes as U+FFFD in llama.cpp
+            utf8 = "\ufffd".encode() if "\udc80" <= ch <= "\udcff" else ch.encode("utf-8", "surrogatepass")
+            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + token_bytes(text) + b"]"
     return bytes(out)
 
 

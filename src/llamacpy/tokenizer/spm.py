@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 
 from ..errors import TokenizerError
-from .vocab import Tokenizer
+from .vocab import Tokenizer, token_bytes
 
 ESCAPED_SPACE = "\u2581"
 ESCAPED_SPACE_BYTES = ESCAPED_SPACE.encode("utf-8")
@@ -45,7 +45,7 @@ class SPMTokenizer(Tokenizer):
             self.scores_list = [0.0] * self.n_vocab
         else:
             self.scores_list = self.scores.astype(float).tolist()
-        self.bytes_to_id = {text.encode("utf-8"): i for text, i in self.text_to_id.items()}
+        self.bytes_to_id = {token_bytes(text): i for text, i in self.text_to_id.items()}
         self._byte_tokens: dict[int, int] = {}
 
     # -- tokenization ---------------------------------------------------------------------------------------
@@ -118,4 +118,4 @@ class SPMTokenizer(Tokenizer):
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def _normal_piece(self, text: str) -> bytes:
-        return text.replace(ESCAPED_SPACE, " ").encode("utf-8")
+        return token_bytes(text.replace(ESCAPED_SPACE, " "))

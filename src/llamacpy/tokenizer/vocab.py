@@ -82,6 +82,25 @@ ALWAYS_RENDERED_TEXTS = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain
 C_ISSPACE = frozenset(b" \t\n\v\f\r")
 
 
+def token_bytes(text: str) -> bytes:
+    """A token text back to the bytes the GGUF holds. Token texts are bytes to llama.cpp and need not be UTF-8:
+    the GGUF reader decodes them with surrogateescape, which this undoes (a stray byte 0xE9 is U+DCE9)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a raw byte (e.g. from JSON)
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _byte_of(text: str) -> int | None:
+    """The byte a BYTE token `<0xNN>` stands for, or None when its text is not of that form."""
+    if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+        try:
+            return int(text[3:5], 16)
+        except ValueError:
+            return None
+    return None
+
+
 def require_key(metadata: dict, key: str, path: str):
     if key not in metadata:
         raise TokenizerError(f"{path}: missing vocabulary metadata key {key!r}")
@@ -218,7 +237,7 @@ class Tokenizer:
 
     def _special_tokens_longest_first(self) -> list[int]:
         special = np.nonzero(self.attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN))[0].tolist()
-        special.sort(key=lambda i: -len(self.texts[i].encode("utf-8")))
+        special.sort(key=lambda i: -len(token_bytes(self.texts[i])))
         return special
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -230,7 +249,7 @@ class Tokenizer:
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """llama_tokenize(text, add_special=add_bos, parse_special=special)."""
-        raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        raw = token_bytes(text) if isinstance(text, str) else bytes(text)
         fragments = self.partition_special(raw, special) if raw else []
         output: list[int] = []
         if add_bos and self.add_bos:
@@ -278,11 +297,12 @@ class Tokenizer:
             return b""
         text = self.texts[token_id]
         if attr & ATTR_VERBATIM:
-            return text.encode("utf-8")
+            return token_bytes(text)
         if attr & ATTR_NORMAL:
             return self._normal_piece(text)
         if attr & ATTR_BYTE:
-            return bytes([int(text[3:5], 16)])
+            byte = _byte_of(text)  # a BYTE token whose text is not <0xNN> (a damaged file): its own text
+            return bytes([byte]) if byte is not None else token_bytes(text)
         return b""  # UNUSED / UNDEFINED tokens contribute nothing
 
     def _normal_piece(self, text: str) -> bytes:
@@ -298,7 +318,7 @@ class Tokenizer:
             attr = int(self.attrs[token_id])
             if not parse_special and attr & (ATTR_CONTROL | ATTR_UNKNOWN):
                 continue
-            needle = self.texts[token_id].encode("utf-8")
+            needle = token_bytes(self.texts[token_id])
             if not any(isinstance(f, bytes) and needle in f for f in fragments):
                 continue
             fragments = [piece for f in fragments for piece in self._split_fragment(f, needle, token_id, attr)]
