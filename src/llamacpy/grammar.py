@@ -58,7 +58,8 @@ def gbnf_to_llguidance(gbnf: str) -> str:
     try:
         g = grammar_from("gbnf", gbnf)
     except Exception as e:  # the converter raises ValueError / Exception with a message
-        raise GrammarError(f"invalid GBNF grammar: {str(e).replace('Failed to convert the grammar from GBNF to Lark: ', '')}") from None
+        msg = str(e).replace("Failed to convert the grammar from GBNF to Lark: ", "")
+        raise GrammarError("invalid GBNF grammar: " + " ".join(msg.split())) from None
     err = LLMatcher.validate_grammar(g)
     if err:
         raise GrammarError(f"invalid GBNF grammar: {err.strip().splitlines()[0]}")
