@@ -86,6 +86,9 @@ class Grammar:
         self.reset()
 
     def reset(self) -> None:
+        if getattr(self, "matcher", None) is not None and self.matcher.reset():
+            self._mask = None  # the same matcher, back at the start (keeps llguidance's caches)
+            return
         self.matcher = self._matcher_cls(self._tok, self._compiled, log_level=0)
         if self.matcher.is_error():
             raise GrammarError(f"invalid grammar: {self.matcher.get_error()}")

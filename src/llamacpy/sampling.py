@@ -187,6 +187,12 @@ def top_k_impl(cur: Candidates, k: int) -> None:
         k = cur.size
     k = min(k, cur.size)
     if not cur.sorted:
+        if k < cur.size:  # partial sort: the k best, then in order (equal logits by position)
+            part = np.argpartition(-cur.logit, k - 1)[:k]
+            part = part[np.lexsort((part, -cur.logit[part]))]
+            cur.take(part)
+            cur.sorted = True
+            return
         cur.sort()
     cur.take(slice(0, k))
 
