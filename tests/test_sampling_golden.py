@@ -47,8 +47,8 @@ def _expected(case):
 def _argv(case, threads=2):
     """The case's command line. In-process runs use one thread: two numba pools in one busy test process are
     slow, and the thread count does not change our logits (the subprocess cases run with -t 2, as llama-cli)."""
-    return ["-m", str(models_dir() / case["model"]), "-no-cnv", "-c", "512", "-t", str(threads), "-n", str(case["n_predict"]),
-            "-s", str(case["seed"]), "-p", case["prompt"], *case["args"]]
+    return ["-m", str(models_dir() / case["model"]), "-no-cnv", "-c", "512", "-t", str(threads),
+            "-n", str(case["n_predict"]), "-s", str(case["seed"]), "-p", case["prompt"], *case["args"]]
 
 
 class _DrawTrace:

@@ -105,7 +105,8 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(*_alias("--mirostat-lr"), dest="mirostat_eta", type=float, default=0.1)
     g.add_argument(*_alias("--mirostat-ent"), dest="mirostat_tau", type=float, default=5.0)
     g.add_argument("--samplers", dest="sampler_order", action=_Last, const="names", default=None,
-                   help="sampler order by name, ';'-separated (default penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature)")
+                   help="sampler order by name, ';'-separated "
+                        "(default penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature)")
     g.add_argument(*_alias("--sampler-seq"), dest="sampler_order", action=_Last, const="chars",
                    help="sampler order by letter (default edkypmxt)")
     g.add_argument("--grammar", default=None, help="GBNF grammar constraining the generation")

@@ -35,10 +35,12 @@ def _lltokenizer(vocab, n_vocab: int):
 
     class _Wrap:
         def __init__(self):
-            self.eos_token_id = vocab.eos_id if vocab.eos_id is not None else (min(vocab.eog_ids) if vocab.eog_ids else 0)
+            eos = vocab.eos_id if vocab.eos_id is not None else min(vocab.eog_ids, default=0)
+            self.eos_token_id = eos
             self.bos_token_id = vocab.bos_id
             # llama.cpp's grammar sees token_to_piece(id, special=true): control tokens by their text
-            self.tokens = [vocab.token_to_piece(i, True) for i in range(vocab.n_vocab)] + [b""] * (n_vocab - vocab.n_vocab)
+            self.tokens = [vocab.token_to_piece(i, True) for i in range(vocab.n_vocab)]
+            self.tokens += [b""] * (n_vocab - vocab.n_vocab)  # padding rows of the output matrix: never allowed
             self.special_token_ids = []
 
         def __call__(self, data):

@@ -307,8 +307,7 @@ class MinP(Step):
                 cur.take(keep)  # order kept, still unsorted
                 return
             cur.sort()
-        min_logit = F32(cur.logit[0] + logf(self.p))
-        i = 1
+        min_logit = F32(cur.logit[0] + logf(self.p))  # the first token always stays
         below = np.nonzero(cur.logit[1:] < min_logit)[0] + 1
         below = below[below >= self.min_keep]
         i = int(below[0]) if len(below) else cur.size
