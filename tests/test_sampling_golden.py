@@ -125,3 +125,44 @@ def test_case_as_a_subprocess(name):
     text, eos = _expected(case)
     assert res.stdout.decode("utf-8") == text + "\n"
     assert (b"[end of text]" in res.stderr) == eos
+
+
+@pytest.fixture(scope="module")
+def stories_llama():
+    from llamacpy import Llama
+
+    return Llama(str(models_dir() / "stories260K.gguf"), n_ctx=512, verbose=False)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("defaults", {}),
+    ("mirostat-2", {"mirostat_mode": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2}),
+    ("typical", {"typical_p": 0.7}),
+    ("count-schema-sampled", {"temperature": 1.0, "grammar": "count-json.schema.json"}),
+])
+def test_api_shares_the_cli_sampler(stories_llama, name, kwargs):
+    """Llama.create_completion with llama-cpp-python's keywords prints llama-cli's text for the same seed."""
+    from llamacpy.grammar import LlamaGrammar
+
+    case = next(c for c in CASES if c["name"] == name and c["seed"] == 42) if CASES else pytest.skip("no golden")
+    if "grammar" in kwargs:
+        kwargs = {**kwargs, "grammar": LlamaGrammar.from_json_schema((golden_dir() / "grammars" / kwargs["grammar"])
+                                                                     .read_text())}
+    r = stories_llama.create_completion(case["prompt"], max_tokens=case["n_predict"], seed=case["seed"], **kwargs)
+    text, eos = _expected(case)
+    assert " " + case["prompt"] + r["choices"][0]["text"] == text
+    assert (r["choices"][0]["finish_reason"] == "stop") == eos
+
+
+def test_api_logprobs_are_the_chains(stories_llama):
+    """logprobs=N reports the chain's probabilities: with top_k 5 every candidate is listed, they sum to 1, and
+    the drawn token is among them with its own log probability."""
+    r = stories_llama.create_completion("Once upon a time", max_tokens=6, seed=42, logprobs=5, top_k=5)
+    lp = r["choices"][0]["logprobs"]
+    assert "".join(lp["tokens"]) == r["choices"][0]["text"]
+    assert lp["text_offset"] == list(np.cumsum([0] + [len(t) for t in lp["tokens"]])[:-1])
+    for tok, logp, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert 1 <= len(top) <= 5 and top[tok] == logp
+        assert abs(sum(np.exp(v) for v in top.values()) - 1.0) < 1e-5  # float32 probabilities summed
+    greedy = stories_llama.create_completion("Once upon a time", max_tokens=3, temperature=0, logprobs=1)
+    assert greedy["choices"][0]["logprobs"]["token_logprobs"] == [0.0, 0.0, 0.0]  # greedy: the chain's p is 1
