@@ -89,7 +89,7 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """llama-cli's other sampler and grammar flags (defaults as in common_params_sampling)."""
     g = p.add_argument_group("sampling")
-    g.add_argument(*_alias("--top-nsigma"), dest="top_n_sigma", type=float, default=-1.0,
+    g.add_argument(*_alias("--top-nsigma", "--top-n-sigma"), dest="top_n_sigma", type=float, default=-1.0,
                    help="top-n-sigma: keep logits within N standard deviations of the max (-1 = off)")
     g.add_argument(*_alias("--xtc-probability"), dest="xtc_probability", type=float, default=0.0)
     g.add_argument(*_alias("--xtc-threshold"), dest="xtc_threshold", type=float, default=0.1)
@@ -107,12 +107,14 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--samplers", dest="sampler_order", action=_Last, const="names", default=None,
                    help="sampler order by name, ';'-separated "
                         "(default penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature)")
-    g.add_argument(*_alias("--sampler-seq"), dest="sampler_order", action=_Last, const="chars",
+    g.add_argument(*_alias("--sampler-seq", "--sampling-seq"), dest="sampler_order", action=_Last, const="chars",
                    help="sampler order by letter (default edkypmxt)")
     g.add_argument("--grammar", default=None, help="GBNF grammar constraining the generation")
     g.add_argument(*_alias("--grammar-file"), dest="grammar_file", default=None, help="file holding a GBNF grammar")
     g.add_argument("-j", *_alias("--json-schema"), dest="json_schema", default=None,
                    help="JSON schema constraining the generation, e.g. '{}' for any JSON object")
+    g.add_argument("-jf", *_alias("--json-schema-file"), dest="json_schema_file", default=None,
+                   help="file holding a JSON schema")
 
 
 class _Last(argparse.Action):
@@ -240,8 +242,20 @@ def sampling_params(args) -> SamplingParams:
         dry_penalty_last_n=args.dry_penalty_last_n, dry_sequence_breakers=breakers,
         mirostat=args.mirostat, mirostat_tau=args.mirostat_tau, mirostat_eta=args.mirostat_eta,
         top_n_sigma=args.top_n_sigma, samplers=order, ignore_eos=args.ignore_eos,
-        grammar=grammar_from_args(args.grammar, args.grammar_file, args.json_schema),
+        grammar=grammar_from_args(args.grammar, args.grammar_file, _json_schema_arg(args)),
     )
+
+
+def _json_schema_arg(args) -> str | None:
+    if args.json_schema_file is None:
+        return args.json_schema
+    try:
+        with open(args.json_schema_file, "rb") as f:
+            return f.read().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read JSON schema file {args.json_schema_file!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"JSON schema file {args.json_schema_file!r} is not valid UTF-8") from None
 
 
 def make_sampler(args, tokenizer, model) -> Sampler:
@@ -287,6 +301,7 @@ def validate(args, chat: bool) -> None:
         raise UsageError("`llamacpy chat` is conversation mode: -no-cnv contradicts it (use `llamacpy run`)")
     if args.n_predict < -2:
         raise UsageError(f"-n/--n-predict must be >= -2, got {args.n_predict}")
+    sampling_params(args)  # sampler and grammar flags fail here, before the model loads
 
 
 def chat_template_override(args) -> str | None:
