@@ -64,11 +64,10 @@ def test_schema_grammar_is_llama_cpps_layout():
     assert 'space ::= | " " | "\\n" [ \\t]{0,20}' in g.splitlines()
 
 
-def test_integer_ranges_are_exact(stories_vocab):
-    """minimum/maximum: every integer in range and none outside, without leading zeros."""
-    g = Grammar(json_schema_to_gbnf({"type": "integer", "minimum": -12, "maximum": 107}), stories_vocab)
-
-    byte_token = {stories_vocab.token_to_piece(i): i for i in range(3, 259)}  # <0x00>..<0xFF>: one byte each
+def _acceptor(vocab, gbnf):
+    """text -> does the grammar accept exactly this text (fed byte by byte through the <0xNN> tokens)."""
+    g = Grammar(gbnf, vocab)
+    byte_token = {vocab.token_to_piece(i): i for i in range(3, 259)}  # stories260K: <0x00>..<0xFF>
 
     def accepts(text):
         g.reset()
@@ -77,10 +76,29 @@ def test_integer_ranges_are_exact(stories_vocab):
             if not g.allows(t):
                 return False
             g.accept(t)
-        return g.allows(stories_vocab.eos_id)
+        return g.allows(vocab.eos_id)
 
-    assert all(accepts(str(i)) for i in range(-12, 108))
-    assert not any(accepts(s) for s in ["-13", "108", "007", "-0", "1000", "-", "12x"])
+    return accepts
+
+
+def test_integer_ranges_are_exact(stories_vocab):
+    """minimum/maximum: every integer in range and none outside, without leading zeros; llama.cpp writes a range
+    reaching below and above 0 as "-" (0..-min) | (0..max), so "-0" is in it."""
+    accepts = _acceptor(stories_vocab, json_schema_to_gbnf({"type": "integer", "minimum": -12, "maximum": 107}))
+    assert all(accepts(str(i)) for i in range(-12, 108)) and accepts("-0")
+    assert not any(accepts(s) for s in ["-13", "108", "007", "1000", "-", "12x"])
+    accepts = _acceptor(stories_vocab, json_schema_to_gbnf({"type": "integer", "maximum": -3}))
+    assert accepts("-3") and accepts("-40") and not accepts("-2") and not accepts("-0")
+
+
+def test_optional_properties_any_subset_in_order(stories_vocab):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"},
+                                               "c": {"type": "null"}}, "required": ["a"]}
+    accepts = _acceptor(stories_vocab, json_schema_to_gbnf(schema))
+    assert all(accepts(s) for s in ['{"a":1}', '{"a":1,"c":null}', '{"a":1, "b":true,"c":null}'])
+    assert not any(accepts(s) for s in ['{"b":true}', '{"a":1,"c":null,"b":true}', '{"a":1,"x":2}'])
+    accepts = _acceptor(stories_vocab, json_schema_to_gbnf({**schema, "additionalProperties": True}))
+    assert accepts('{"a":1,"x":[2, "y"]}') and accepts('{"a":1,"b":false,"x":{}}')
 
 
 def test_a_finished_grammar_forces_eos(stories_vocab):

@@ -196,8 +196,12 @@ def _int_range(lo: int | None, hi: int | None) -> str:
         b = hi if hi is not None else 10**16 - 1
         if a <= b:
             parts.append(_uint_range(a, b))
-    if lo is None or lo < 0:  # negative part: -x for x in [max(1, -hi), -lo]
-        a = max(1, -hi) if hi is not None else 1
+    if lo is None or lo < 0:  # negative part: "-" x for x in [a, b]; llama.cpp writes "-" (0..-lo) when the
+        # range also reaches 0, so "-0" is allowed there, but not with a maximum alone ("-" [1-9] ...)
+        if lo is None:
+            a = -hi if hi is not None and hi < 0 else 1
+        else:
+            a = 0 if hi is None or hi >= 0 else -hi
         b = -lo if lo is not None else 10**16 - 1
         if a <= b:
             parts.append(f'"-" ({_uint_range(a, b)})')
@@ -356,20 +360,25 @@ class _SchemaConverter:
         req = [k for k in props if k in required]
         opt = [k for k in props if k not in required]
         if isinstance(add_props, dict) or add_props is True:
-            value = self.visit(add_props if isinstance(add_props, dict) else {}, f"{name}-additional", depth + 1)
+            value = (self.visit(add_props, f"{name}-additional-value", depth + 1) if isinstance(add_props, dict)
+                     else self.primitive("value"))  # llama.cpp: any value (its key rule also excludes the named keys)
             s = self.primitive("string")
             kv["*"] = self.add(f"{name}-additional-kv", f"{s} \":\" space {value}")
             opt.append("*")
         body = '"{" space '
         body += ' "," space '.join(kv[k] for k in req)
         if opt:
-            def chain(ks):
-                first = kv[ks[0]] if ks[0] != "*" else f"{kv['*']} ( \",\" space {kv['*']} )*"
-                if len(ks) == 1:
-                    return first
-                return f"{first} ( \",\" space ( {chain(ks[1:])} ) )?"
+            def chain(ks, first_optional):
+                """The first of ks (required unless first_optional), then each later one optionally, in order."""
+                k, rule = ks[0], kv[ks[0]]
+                comma = f'( "," space {rule} )'
+                if first_optional:
+                    res = comma + ("*" if k == "*" else "?")
+                else:
+                    res = rule + (f" {comma}*" if k == "*" else "")
+                return res + (" " + chain(ks[1:], True) if len(ks) > 1 else "")
 
-            alts = " | ".join(f"( {chain(opt[i:])} )" for i in range(len(opt)))
+            alts = " | ".join(f"( {chain(opt[i:], False)} )" for i in range(len(opt)))
             body += f' ( "," space ( {alts} ) )?' if req else f" ( {alts} )?"
         return body + ' "}" space'
 
