@@ -116,6 +116,16 @@ def test_a_finished_grammar_forces_eos(stories_vocab):
     assert g.allows(stories_vocab.eos_id) is False  # a fresh grammar does not allow EOS before "yes."
 
 
+def test_a_finished_grammar_with_ignore_eos_is_a_clear_error(stories_vocab):
+    from llamacpy.errors import GrammarError
+
+    s = Sampler(SamplingParams(temp=0, grammar='root ::= "no"', ignore_eos=True), stories_vocab.n_vocab,
+                vocab=stories_vocab)
+    with pytest.raises(GrammarError, match="ignore-eos"):
+        for _ in range(10):
+            s.accept(s.sample(np.zeros(stories_vocab.n_vocab, np.float32)))
+
+
 def test_prompt_tokens_do_not_feed_the_grammar(stories_vocab):
     s = Sampler(SamplingParams(temp=0, grammar='root ::= "no"'), stories_vocab.n_vocab, vocab=stories_vocab)
     for t in stories_vocab.tokenize(b"Once upon a time", add_bos=True):
