@@ -721,15 +721,14 @@ class Sampler:
         if self.grammar is not None and not self.grammar.allows(tok):
             cur = Candidates.from_logits(row)
             self.grammar.apply(cur)
-            if not np.isfinite(cur.logit).any():  # nothing can continue the grammar: end cleanly with EOS
+            tok = self._run_chain(cur) if np.isfinite(cur.logit).any() else -1
+            if tok < 0 or not self.grammar.allows(tok):  # every allowed token was masked: end cleanly with EOS
                 if self.params.ignore_eos:  # llama.cpp aborts here; looping on a masked EOS would never end
                     from .errors import GrammarError
 
                     raise GrammarError("the grammar is complete and only end-of-generation can follow, "
                                        "which --ignore-eos forbids")
                 tok = self.grammar.forced_end_token()
-            else:
-                tok = self._run_chain(cur)
         self._pending = tok
         return tok
 
