@@ -11,4 +11,8 @@ def __getattr__(name):
         from .api import Llama
 
         return Llama
+    if name == "LlamaGrammar":
+        from .grammar import LlamaGrammar
+
+        return LlamaGrammar
     raise AttributeError(name)

@@ -8,6 +8,7 @@ Must not: implement math or sampling (model.py, sampling.py) or argument parsing
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import sys
 import time
@@ -16,12 +17,37 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ContextError, GGUFError
+from .errors import ContextError, GGUFError, GrammarError
 from .generation import Session, StopMatcher, Timings
 from .gguf_file import GGUFFile
 from .model import LlamaModel
 from .sampling import Sampler, SamplingParams
 from .tokenizer import detokenize_like_llama_cpp_python, load_tokenizer
+
+
+def _grammar_text(grammar) -> str | None:
+    """grammar= as llama-cpp-python takes it: a LlamaGrammar (or anything with .grammar), or GBNF text."""
+    if grammar is None:
+        return None
+    text = getattr(grammar, "grammar", grammar)
+    if not isinstance(text, str):
+        raise TypeError(f"grammar must be GBNF text or a LlamaGrammar, got {type(grammar).__name__}")
+    return text
+
+
+def response_format_grammar(response_format: dict) -> str | None:
+    """OpenAI / llama-cpp-python response_format -> GBNF (None for {"type": "text"})."""
+    from .grammar import json_schema_to_gbnf
+
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return json_schema_to_gbnf(response_format.get("schema", {}))
+    if kind == "json_schema":
+        spec = response_format.get("json_schema", {})
+        return json_schema_to_gbnf(spec.get("schema", spec) if isinstance(spec, dict) else spec)
+    raise GrammarError(f"response_format: unknown type {kind!r} (expected text, json_object or json_schema)")
 
 
 class Llama:
@@ -139,23 +165,38 @@ class Llama:
         repeat_last_n: int = 64,
         seed: int | None = None,
         logit_bias: dict[int, float] | None = None,
-        **_ignored,
+        grammar=None,
+        **kwargs,
     ) -> Iterator[int]:
         """Yield sampled token ids forever (the caller stops), reusing a cached common prefix."""
         session = self._require_model()
-        sampler = Sampler(self._sampling(temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
-                                         presence_penalty, seed, logit_bias, repeat_last_n), self.n_vocab())
+        sampler = self._sampler(self._sampling(temp, top_k, top_p, min_p, typical_p, repeat_penalty,
+                                               frequency_penalty, presence_penalty, seed, logit_bias, repeat_last_n,
+                                               grammar=grammar, **kwargs))
         yield from session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
 
     def _sampling(self, temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty, presence_penalty,
-                  seed, logit_bias, repeat_last_n: int = 64) -> SamplingParams:
-        """llama-cpp-python's keyword arguments -> SamplingParams (seed None = the instance's seed)."""
+                  seed, logit_bias, repeat_last_n: int = 64, grammar=None, mirostat_mode: int = 0,
+                  mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, **extra) -> SamplingParams:
+        """llama-cpp-python's keyword arguments -> SamplingParams (seed None = the instance's seed). `grammar` is
+        GBNF text or a LlamaGrammar; any other SamplingParams field (top_n_sigma, xtc_probability, dry_multiplier,
+        dynatemp_range, min_keep, n_probs, ...) may be given by name; llama-cpp-python's tfs_z and the like,
+        which b4748 no longer has, are ignored."""
+        fields = {f.name for f in dataclasses.fields(SamplingParams)}
+        known = {k: v for k, v in extra.items() if k in fields and v is not None}
         return SamplingParams(
             temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repeat_penalty=repeat_penalty,
             repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             seed=self.seed if seed is None else seed,
             logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
+            mirostat=int(mirostat_mode or 0), mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            grammar=_grammar_text(grammar), **known,
         )
+
+    def _sampler(self, params: SamplingParams) -> Sampler:
+        cfg = self.model.cfg if self.model is not None else None
+        return Sampler(params, self.n_vocab(), vocab=self.tokenizer, n_ctx=self.n_ctx() or None,
+                       n_ctx_train=cfg.n_ctx_train if cfg is not None else None)
 
     # -- completions -----------------------------------------------------------------------------------
     def create_completion(
@@ -175,12 +216,22 @@ class Llama:
         stream: bool = False,
         echo: bool = False,
         logit_bias: dict[int, float] | None = None,
-        **_ignored,
+        logprobs: int | None = None,
+        grammar=None,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        **kwargs,
     ):
+        """OpenAI-shaped completion. Sampling follows llama.cpp's chain (sampling.Sampler); `grammar` (GBNF text or
+        LlamaGrammar) constrains the output; `logprobs=N` reports, per generated token, the chain's probability of
+        the token and its N most likely candidates (non-streamed responses; streamed chunks carry None)."""
         params = self._sampling(temperature, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
-                                presence_penalty, seed, logit_bias)
+                                presence_penalty, seed, logit_bias, grammar=grammar, mirostat_mode=mirostat_mode,
+                                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, **kwargs)
+        token_log: list | None = [] if logprobs is not None else None
         it = self._completion_chunks(prompt, max_tokens, params, [stop] if isinstance(stop, str) else list(stop or []),
-                                     echo)
+                                     echo, token_log, int(logprobs or 0))
         if stream:
             return it
         text, finish, usage, head = "", None, None, None
@@ -189,24 +240,39 @@ class Llama:
             text += chunk["choices"][0]["text"]
             finish = chunk["choices"][0]["finish_reason"] or finish
             usage = chunk.get("usage", usage)
+        lp = None
+        if token_log is not None:
+            offset = 0
+            lp = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+            for piece, logp, top in token_log:
+                lp["tokens"].append(piece)
+                lp["text_offset"].append(offset)
+                lp["token_logprobs"].append(logp)
+                lp["top_logprobs"].append(top)
+                offset += len(piece)
         return {
             "id": head["id"],
             "object": "text_completion",
             "created": head["created"],
             "model": self.model_path,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}],
             "usage": usage,
         }
 
     __call__ = create_completion
 
-    def create_chat_completion(self, messages, **kwargs):
-        """OpenAI-shaped chat completion using the model's chat template (see chat.create_chat_completion)."""
+    def create_chat_completion(self, messages, response_format: dict | None = None, **kwargs):
+        """OpenAI-shaped chat completion using the model's chat template (see chat.create_chat_completion).
+        response_format {"type": "json_object"} (optionally with "schema") or {"type": "json_schema",
+        "json_schema": {"schema": ...}} constrains the reply to JSON, as a grammar."""
         from .chat import create_chat_completion
 
+        if response_format is not None:
+            kwargs["grammar"] = response_format_grammar(response_format)
         return create_chat_completion(self, messages, **kwargs)
 
-    def _completion_chunks(self, prompt, max_tokens, params: SamplingParams, stops: list[str], echo: bool):
+    def _completion_chunks(self, prompt, max_tokens, params: SamplingParams, stops: list[str], echo: bool,
+                           token_log: list | None = None, n_top: int = 0):
         session = self._require_model()
         if isinstance(prompt, str):
             prompt_tokens = self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else [
@@ -232,7 +298,7 @@ class Llama:
             yield chunk(self.detokenize(prompt_tokens).decode("utf-8", errors="replace"))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(stops)
-        sampler = Sampler(params, self.n_vocab())
+        sampler = self._sampler(params)
         n_out = 0
         finish = "length"
         stopped = False
@@ -242,6 +308,8 @@ class Llama:
                 finish = "stop"
                 break
             n_out += 1
+            if token_log is not None:
+                token_log.append(self._token_logprobs(sampler, tok, n_top))
             text, stopped = matcher.feed(decoder.decode(self.tokenizer.token_to_piece(tok, special=False)))
             if text:
                 yield chunk(text)
@@ -256,6 +324,17 @@ class Llama:
         usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
                  "total_tokens": len(prompt_tokens) + n_out}
         yield chunk("", finish, usage=usage)
+
+    def _token_logprobs(self, sampler: Sampler, tok: int, n_top: int):
+        """(piece text, log p of the token in the chain, {piece: log p} of the chain's n_top best candidates)."""
+        def text(t):
+            return self.tokenizer.token_to_piece(t, special=False).decode("utf-8", errors="replace")
+
+        def log(p):
+            return float(np.log(p)) if p > 0 else float("-inf")
+
+        top = {text(t): log(p) for t, p in sampler.top_probs(n_top)} if n_top > 0 else {}
+        return text(tok), log(sampler.token_prob(tok)), top
 
     def print_timings(self) -> None:
         print(self.timings.report(), file=sys.stderr)

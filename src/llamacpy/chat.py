@@ -499,7 +499,7 @@ def create_chat_completion(
     repeat_penalty: float = 1.0,
     logit_bias: dict | None = None,
     chat_template: str | None = None,
-    **_ignored,
+    **sampling,
 ):
     """llama-cpp-python's `Llama.create_chat_completion`: format `messages` with the model's template (or
     `chat_template`, a built-in name or Jinja text), generate, and return a `chat.completion` dict or, with
@@ -513,7 +513,7 @@ def create_chat_completion(
     chunks = llama.create_completion(
         tokens, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty, seed=seed, stop=stops, stream=True, logit_bias=logit_bias,
+        presence_penalty=presence_penalty, seed=seed, stop=stops, stream=True, logit_bias=logit_bias, **sampling,
     )
     cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
     it = _completion_to_chat(chunks, cid, created, llama.model_path)

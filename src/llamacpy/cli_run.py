@@ -83,8 +83,47 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
                    help="do not process escape sequences (\\n, \\t, ...) in the prompt")
     p.add_argument(*_alias("--verbose-prompt"), dest="verbose_prompt", action="store_true",
                    help="print the prompt tokens before generating")
+    _sampling_flags(p)
     _interactive_flags(p)
     return p
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """llama-cli's other sampler and grammar flags (defaults as in common_params_sampling)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument(*_alias("--top-nsigma", "--top-n-sigma"), dest="top_n_sigma", type=float, default=-1.0,
+                   help="top-n-sigma: keep logits within N standard deviations of the max (-1 = off)")
+    g.add_argument(*_alias("--xtc-probability"), dest="xtc_probability", type=float, default=0.0)
+    g.add_argument(*_alias("--xtc-threshold"), dest="xtc_threshold", type=float, default=0.1)
+    g.add_argument(*_alias("--dynatemp-range"), dest="dynatemp_range", type=float, default=0.0)
+    g.add_argument(*_alias("--dynatemp-exp"), dest="dynatemp_exponent", type=float, default=1.0)
+    g.add_argument(*_alias("--dry-multiplier"), dest="dry_multiplier", type=float, default=0.0)
+    g.add_argument(*_alias("--dry-base"), dest="dry_base", type=float, default=1.75)
+    g.add_argument(*_alias("--dry-allowed-length"), dest="dry_allowed_length", type=int, default=2)
+    g.add_argument(*_alias("--dry-penalty-last-n"), dest="dry_penalty_last_n", type=int, default=-1)
+    g.add_argument(*_alias("--dry-sequence-breaker"), dest="dry_sequence_breaker", action="append", default=None,
+                   metavar="STRING", help="replaces the default breakers (\\n : \" *); 'none' = no breakers")
+    g.add_argument("--mirostat", type=int, default=0, help="0 = off, 1 = Mirostat, 2 = Mirostat 2.0")
+    g.add_argument(*_alias("--mirostat-lr"), dest="mirostat_eta", type=float, default=0.1)
+    g.add_argument(*_alias("--mirostat-ent"), dest="mirostat_tau", type=float, default=5.0)
+    g.add_argument("--samplers", dest="sampler_order", action=_Last, const="names", default=None,
+                   help="sampler order by name, ';'-separated "
+                        "(default penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature)")
+    g.add_argument(*_alias("--sampler-seq", "--sampling-seq"), dest="sampler_order", action=_Last, const="chars",
+                   help="sampler order by letter (default edkypmxt)")
+    g.add_argument("--grammar", default=None, help="GBNF grammar constraining the generation")
+    g.add_argument(*_alias("--grammar-file"), dest="grammar_file", default=None, help="file holding a GBNF grammar")
+    g.add_argument("-j", *_alias("--json-schema"), dest="json_schema", default=None,
+                   help="JSON schema constraining the generation, e.g. '{}' for any JSON object")
+    g.add_argument("-jf", *_alias("--json-schema-file"), dest="json_schema_file", default=None,
+                   help="file holding a JSON schema")
+
+
+class _Last(argparse.Action):
+    """--samplers / --sampler-seq share one destination; the last one given wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (self.const, values))
 
 
 def _interactive_flags(p: argparse.ArgumentParser) -> None:
@@ -176,12 +215,54 @@ def parse_logit_bias(items: list[str]) -> dict[int, float]:
 
 
 def sampling_params(args) -> SamplingParams:
+    from .grammar import grammar_from_args
+    from .sampling import DEFAULT_SAMPLERS, samplers_from_chars, samplers_from_names
+
+    order = list(DEFAULT_SAMPLERS)
+    if args.sampler_order is not None:
+        kind, text = args.sampler_order
+        order = samplers_from_names(text) if kind == "names" else samplers_from_chars(text)
+    breakers = ["\n", ":", '"', "*"]
+    if args.dry_sequence_breaker is not None:  # the first use drops the defaults; "none" empties the list
+        breakers = []
+        for b in args.dry_sequence_breaker:
+            breakers = [] if b == "none" else breakers + [b]
+    if args.mirostat not in (0, 1, 2):
+        raise UsageError(f"--mirostat must be 0, 1 or 2, got {args.mirostat}")
+    if args.repeat_last_n < -1:
+        raise UsageError(f"--repeat-last-n must be >= -1, got {args.repeat_last_n}")
+    if args.dry_penalty_last_n < -1:
+        raise UsageError(f"--dry-penalty-last-n must be >= -1, got {args.dry_penalty_last_n}")
     return SamplingParams(
         temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
         frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty, seed=args.seed,
         logit_bias=parse_logit_bias(args.logit_bias),
+        xtc_probability=args.xtc_probability, xtc_threshold=args.xtc_threshold,
+        dynatemp_range=args.dynatemp_range, dynatemp_exponent=args.dynatemp_exponent,
+        dry_multiplier=args.dry_multiplier, dry_base=args.dry_base, dry_allowed_length=args.dry_allowed_length,
+        dry_penalty_last_n=args.dry_penalty_last_n, dry_sequence_breakers=breakers,
+        mirostat=args.mirostat, mirostat_tau=args.mirostat_tau, mirostat_eta=args.mirostat_eta,
+        top_n_sigma=args.top_n_sigma, samplers=order, ignore_eos=args.ignore_eos,
+        grammar=grammar_from_args(args.grammar, args.grammar_file, _json_schema_arg(args)),
     )
+
+
+def _json_schema_arg(args) -> str | None:
+    if args.json_schema_file is None:
+        return args.json_schema
+    try:
+        with open(args.json_schema_file, "rb") as f:
+            return f.read().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read JSON schema file {args.json_schema_file!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"JSON schema file {args.json_schema_file!r} is not valid UTF-8") from None
+
+
+def make_sampler(args, tokenizer, model) -> Sampler:
+    return Sampler(sampling_params(args), tokenizer.n_vocab, vocab=tokenizer, n_ctx=model.n_ctx,
+                   n_ctx_train=model.cfg.n_ctx_train)
 
 
 def load(args, timings: Timings):
@@ -222,6 +303,7 @@ def validate(args, chat: bool) -> None:
         raise UsageError("`llamacpy chat` is conversation mode: -no-cnv contradicts it (use `llamacpy run`)")
     if args.n_predict < -2:
         raise UsageError(f"-n/--n-predict must be >= -2, got {args.n_predict}")
+    sampling_params(args)  # sampler and grammar flags fail here, before the model loads
 
 
 def chat_template_override(args) -> str | None:
@@ -294,7 +376,7 @@ def run_plain(args, prompt: str, tokenizer, model, timings: Timings) -> int:
         out.write(tokenizer.detokenize(prompt_tokens, remove_special=False, unparse_special=False))
         out.flush()
     session = Session(model, n_batch=min(args.batch_size, n_ctx), timings=timings)
-    sampler = Sampler(sampling_params(args), tokenizer.n_vocab)
+    sampler = make_sampler(args, tokenizer, model)
     n_predict = args.n_predict
     if n_predict == -2:
         n_predict = n_ctx - len(prompt_tokens)
@@ -376,7 +458,7 @@ def run_interactive(args, prompt: str, tokenizer, model, timings: Timings, templ
     if args.verbose and template is not None:
         print(f"chat template: {template.name}", file=sys.stderr)
     session = Session(model, n_batch=min(args.batch_size, n_ctx), timings=timings)
-    sampler = Sampler(sampling_params(args), tokenizer.n_vocab)
+    sampler = make_sampler(args, tokenizer, model)
     console = Console(sys.stdout.buffer, sys.stdin.buffer, sys.stderr, settings.color, args.multiline_input)
     loop = InteractiveLoop(session, sampler, tokenizer, settings, console)
     loop.chat_msgs = chat_msgs

@@ -19,3 +19,7 @@ class ContextError(LlamacpyError, ValueError):
 
 class TokenizerError(LlamacpyError, ValueError):
     """The vocabulary in the metadata is missing or unusable."""
+
+
+class GrammarError(LlamacpyError, ValueError):
+    """A GBNF grammar or JSON schema is invalid or unsatisfiable."""
