@@ -32,3 +32,30 @@ def test_invalid_utf8_is_reported_not_raised_deep():
     console = Console(io.BytesIO(), io.BytesIO(b"\xff\xfe\n"), sys.stderr, color=False)
     with pytest.raises(InputError, match="not valid UTF-8"):
         console.read_input()
+
+
+def test_line_editing_reads_through_input_with_the_colour_as_prompt(monkeypatch):
+    """On a terminal, lines come from input() (readline: editing, history); the input colour is its prompt, so the
+    terminal is in readline's mode before the person sees that it is their turn."""
+    from llamacpy.interactive import COLOR_DEFAULT, COLOR_USER
+
+    prompts, lines = [], iter(["first\\", "second", "third"])
+
+    def fake_input(prompt=""):
+        prompts.append(prompt)
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    out = io.BytesIO()
+    console = Console(out, io.BytesIO(), sys.stderr, color=True, line_editing=True)
+    assert console.line_editing
+    console.set_color(COLOR_USER)
+    assert out.getvalue() == b""  # held for readline
+    assert console.read_input() == "first\nsecond\n"
+    assert prompts == [f"\001{COLOR_USER}\002", ""]
+    console.set_color(COLOR_DEFAULT)
+    assert out.getvalue() == COLOR_DEFAULT.encode()
+    assert console.read_input() == "third\n" and console.read_input() is None

@@ -70,13 +70,18 @@ class Console:
         if line_editing is None:  # on a terminal: readline's arrow keys, editing and history across turns
             line_editing = inp is getattr(sys.stdin, "buffer", None) and _isatty(sys.stdin) and _isatty(sys.stdout)
         self.line_editing = line_editing and _enable_readline()
+        # With line editing, the input colour is handed to readline as its prompt: readline puts the terminal in
+        # raw mode before it prints the prompt, so a key typed once the colour shows (Ctrl-D included) reaches it
+        self._pending_color = ""
 
     def _readline(self) -> bytes:
         """One line of input with its newline, b"" at end of input."""
         if not self.line_editing:
             return self.inp.readline()
+        prompt, self._pending_color = self._pending_color, ""
         try:
-            return input().encode("utf-8", errors="surrogateescape") + b"\n"
+            # \001 ... \002: readline's markers for the non-printing part of a prompt
+            return input(f"\001{prompt}\002" if prompt else "").encode("utf-8", errors="surrogateescape") + b"\n"
         except EOFError:
             return b""
         except UnicodeDecodeError as e:
@@ -85,10 +90,17 @@ class Console:
     def set_color(self, code: str) -> None:
         if self.color and code != self._current:
             self._current = code
+            if self.line_editing and code != COLOR_DEFAULT:
+                self._pending_color = code  # written by the next write() or as readline's prompt
+                return
+            self._pending_color = ""
             self.out.write(code.encode())
             self.out.flush()
 
     def write(self, data: bytes | str) -> None:
+        if self._pending_color:
+            self.out.write(self._pending_color.encode())
+            self._pending_color = ""
         self.out.write(data.encode("utf-8") if isinstance(data, str) else data)
         self.out.flush()
 
