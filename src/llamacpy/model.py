@@ -20,6 +20,8 @@ from .errors import ContextError, ModelError
 from .gguf_file import GGUFFile, ggml_type_name
 from .kernels import fuse_linears, make_linear, set_num_threads
 from .kernels import ops
+from .kernels.batch import apply as apply_calls, plan_calls, rows_independent
+from .kernels.linear import DECODE_MAX
 
 
 def physical_cores() -> int:
@@ -175,46 +177,103 @@ class LlamaModel:
         """Evaluate a batch of tokens of one sequence, appended at its next cache cells.
         tokens: (n,) int; positions: (n,) int, must continue the sequence (default: n_used..n_used+n-1).
         Returns logits (n, n_vocab) if all_logits else (1, n_vocab) for the last token."""
-        cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = tokens.shape[0]
-        start = self.kv.n_used[seq_id]
         if n == 0:
             raise ValueError("forward: empty batch")
-        if positions is not None:
-            positions = np.asarray(positions).reshape(-1)
-            if positions.shape[0] != n or positions[0] != start or np.any(np.diff(positions) != 1):
-                raise ContextError(f"positions must continue sequence {seq_id} at {start}")
-        if start + n > self.n_ctx:
-            raise ContextError(f"{start + n} tokens do not fit the context window of {self.n_ctx}")
+        start = self.kv.n_used[seq_id]
+        if positions is None:
+            positions = np.arange(start, start + n)
+        return self.forward_batch(tokens, positions, np.full(n, seq_id), "all" if all_logits else "last")
+
+    def forward_batch(self, tokens, positions, seq_ids, logits="last") -> np.ndarray:
+        """Evaluate a batch of (token, position, sequence) rows: several sequences in one pass, the weights read
+        once per call for all rows that share a kernel path (kernels/batch.py). Each sequence's rows must be
+        contiguous in the batch and continue it (positions n_used..n_used+k-1). Every row is computed as
+        `forward` of its sequence's rows alone would compute it: attention only over its own sequence's cells up
+        to its position, and the same matmul path as alone (bit-identical results whatever the batch holds).
+
+        logits: "last" -> (n_seq_in_batch, n_vocab), the last row of each sequence, in order of appearance;
+        "all" -> (n, n_vocab); "none" -> None; "hidden" -> (n, n_embd) the final normed hidden states
+        (llama.cpp's embeddings)."""
+        cfg = self.cfg
+        kv = self.kv
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        seq_ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
+        n = tokens.shape[0]
+        if n == 0:
+            raise ValueError("forward: empty batch")
+        if positions.shape[0] != n or seq_ids.shape[0] != n:
+            raise ValueError("forward_batch: tokens, positions and seq_ids must have the same length")
         if tokens.min() < 0 or tokens.max() >= cfg.n_vocab:
             bad = int(tokens[(tokens < 0) | (tokens >= cfg.n_vocab)][0])
             raise ValueError(f"token id {bad} out of range [0, {cfg.n_vocab})")
-        rows = np.arange(start, start + n, dtype=np.int64)
-        x = self.tok_embd.get_rows(tokens)  # (n, n_embd)
+        groups = _groups(seq_ids)  # [(seq, a, b)] in order of appearance
+        for s, a, b in groups:
+            if not 0 <= s < kv.n_seq:
+                raise ValueError(f"sequence id {s} out of range [0, {kv.n_seq})")
+            start = kv.n_used[s]
+            if positions[a] != start or np.any(np.diff(positions[a:b]) != 1):
+                raise ContextError(f"positions must continue sequence {s} at {start}")
+            if start + (b - a) > kv.n_ctx:
+                raise ContextError(f"{start + b - a} tokens do not fit the context window of {kv.n_ctx}")
+        # small groups first (their rows share the decode kernels), then the large ones; rows permuted to match
+        order = sorted(range(len(groups)), key=lambda i: (groups[i][2] - groups[i][1] > DECODE_MAX, i))
+        perm = np.concatenate([np.arange(groups[i][1], groups[i][2]) for i in order])
+        pgroups, r = [], 0
+        for i in order:
+            s, a, b = groups[i]
+            pgroups.append((s, r, r + b - a))
+            r += b - a
+        spans = [(a, b) for _, a, b in pgroups]
+        calls = {True: plan_calls(True, spans), False: plan_calls(False, spans)}
+        rows = positions[perm]  # rope table rows
+        x = self.tok_embd.get_rows(tokens[perm])  # (n, n_embd)
         h = np.empty_like(x)
         attn = np.empty((n, cfg.n_head * cfg.head_dim_v), dtype=np.float32)
         act = np.empty((n, cfg.n_ff), dtype=np.float32)
         scale = np.float32(1.0 / np.sqrt(cfg.head_dim_k))
-        kv = self.kv
+
+        def mm(lin, inp):
+            return apply_calls(lin, inp, calls[rows_independent(lin)])
+
         for il, L in enumerate(self.layers):
             ops.rms_norm(x, L.attn_norm, cfg.rms_eps, h)
-            q, k, v = L.wqkv.split(L.wqkv(h))  # (n, n_head * dk), (n, n_head_kv * dk), (n, n_head_kv * dv)
+            q, k, v = L.wqkv.split(mm(L.wqkv, h))  # (n, n_head * dk), (n, n_head_kv * dk), (n, n_head_kv * dv)
             ops.rope_inplace(q, cfg.n_head, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
             ops.rope_inplace(k, cfg.n_head_kv, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
-            k_cache, v_cache = kv.k[il, seq_id], kv.v[il, seq_id]
-            ops.store_kv(k, v, k_cache, v_cache, start)
-            ops.attention(q, k_cache, v_cache, start, cfg.n_head, scale, attn)
-            ops.add_inplace(x, L.wo(attn))
+            for s, a, b in pgroups:
+                start = kv.n_used[s]
+                k_cache, v_cache = kv.k[il, s], kv.v[il, s]
+                ops.store_kv(k[a:b], v[a:b], k_cache, v_cache, start)
+                ops.attention(q[a:b], k_cache, v_cache, start, cfg.n_head, scale, attn[a:b])
+            ops.add_inplace(x, mm(L.wo, attn))
             ops.rms_norm(x, L.ffn_norm, cfg.rms_eps, h)
-            gate, up = L.w_gate_up.split(L.w_gate_up(h))  # (n, n_ff) each
+            gate, up = L.w_gate_up.split(mm(L.w_gate_up, h))  # (n, n_ff) each
             ops.swiglu(gate, up, act)
-            ops.add_inplace(x, L.w_down(act))
-        kv.n_used[seq_id] = start + n
-        last = x if all_logits else x[-1:]
-        out = np.empty_like(last)
-        ops.rms_norm(last, self.output_norm, cfg.rms_eps, out)
-        return self.output(out)  # (n or 1, n_vocab)
+            ops.add_inplace(x, mm(L.w_down, act))
+        for s, a, b in pgroups:
+            kv.n_used[s] += b - a
+        if logits == "none":
+            return None
+        inv = np.empty(n, np.int64)
+        inv[perm] = np.arange(n)
+        if logits == "hidden" or logits == "all":
+            out = np.empty_like(x)
+            ops.rms_norm(x, self.output_norm, cfg.rms_eps, out)
+            if logits == "hidden":
+                return out[inv]
+            # the same call split as one sequence's forward(all_logits=True) makes (rows of a group together)
+            return apply_calls(self.output, out, plan_calls(rows_independent(self.output), spans))[inv]
+        if logits != "last":
+            raise ValueError(f"forward_batch: logits must be 'last', 'all', 'none' or 'hidden', not {logits!r}")
+        last = np.array([inv[b - 1] for _, a, b in groups])  # permuted row of each group's last token, by appearance
+        out = np.empty((len(groups), cfg.n_embd), np.float32)
+        ops.rms_norm(np.ascontiguousarray(x[last]), self.output_norm, cfg.rms_eps, out)
+        # alone, the last row's logits come from a one-row call: keep one-row calls unless rows are independent
+        one = [(i, i + 1) for i in range(len(groups))]
+        return apply_calls(self.output, out, plan_calls(rows_independent(self.output), one))
 
     def shift_context(self, seq_id: int, n_keep: int, n_discard: int) -> None:
         """Drop cells n_keep..n_keep+n_discard-1 of a sequence; later cells move down by n_discard and their
@@ -241,6 +300,16 @@ class LlamaModel:
         for t in self.gguf.tensors.values():
             types[t.type_name] = types.get(t.type_name, 0) + 1
         return ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))
+
+
+def _groups(seq_ids: np.ndarray) -> list[tuple[int, int, int]]:
+    """(seq, start, end) runs of equal sequence ids; a sequence may appear in one run only."""
+    cuts = np.flatnonzero(np.diff(seq_ids)) + 1
+    bounds = [0, *cuts.tolist(), seq_ids.shape[0]]
+    out = [(int(seq_ids[a]), a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    if len({s for s, _, _ in out}) != len(out):
+        raise ValueError("forward_batch: the rows of a sequence must be contiguous in the batch")
+    return out
 
 
 def _replace(cfg: LlamaConfig, **kw) -> LlamaConfig:

@@ -1,0 +1,93 @@
+"""forward_batch: several sequences in one pass give each sequence exactly the logits it gets alone.
+
+Exact equality is the claim (not a tolerance): a row takes the same kernels with the same rounding whatever the
+other rows of the batch are (kernels/batch.py), and attends only to its own sequence's cells."""
+
+import numpy as np
+import pytest
+
+from llamacpy.errors import ContextError
+from llamacpy.kernels.linear import DECODE_MAX
+from llamacpy.model import LlamaModel
+from shared import models_dir
+
+NAMES = ["stories260K.gguf", "stories260K-Q4_0.gguf", "tiny-llama-Q4_K_M.gguf", "tiny-llama-Q6_K.gguf"]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def model(request):
+    return LlamaModel.load(models_dir() / request.param, n_ctx=128, n_seq=5)
+
+
+def _prompts(seed=0, lengths=(5, 20, 3, 11, 1)):
+    rng = np.random.default_rng(seed)
+    return [[1] + rng.integers(3, 250, size=n - 1).tolist() for n in lengths]
+
+
+def _batch(prompts, starts):
+    toks = sum(prompts, [])
+    pos = sum([list(range(s, s + len(p))) for s, p in zip(starts, prompts)], [])
+    seqs = sum([[i] * len(p) for i, p in enumerate(prompts)], [])
+    return toks, pos, seqs
+
+
+def test_batch_of_sequences_equals_each_alone(model):
+    prompts = _prompts()
+    steps = [[7, 9, 11, 13, 15], [300 % model.n_vocab, 2, 3, 4, 5]]
+    alone = []
+    for s, p in enumerate(prompts):
+        model.kv.clear()
+        rows = [model.forward(p, seq_id=s)[0]]
+        for step in steps:
+            rows.append(model.forward([step[s]], seq_id=s)[0])
+        alone.append(rows)
+    model.kv.clear()
+    got = [model.forward_batch(*_batch(prompts, [0] * 5))]
+    for step in steps:  # one decode token of every sequence in one call
+        got.append(model.forward_batch(step, [model.kv.n_used[s] for s in range(5)], range(5)))
+    for s in range(5):
+        for i in range(len(steps) + 1):
+            np.testing.assert_array_equal(got[i][s], alone[s][i])
+
+
+def test_decode_rows_mixed_with_a_prompt_chunk(model):
+    """Decode tokens of three sequences and a 20-token prompt of a fourth in one call."""
+    prompts = _prompts(1, (6, 9, 4, 20))
+    model.kv.clear()
+    for s in range(3):
+        model.forward(prompts[s], seq_id=s)
+    ref_dec = model.forward_batch([5, 6, 7], [6, 9, 4], [0, 1, 2])
+    ref_prompt = model.forward(prompts[3], seq_id=3)
+    model.kv.clear()
+    for s in range(3):
+        model.forward(prompts[s], seq_id=s)
+    toks = [5, 6, 7] + prompts[3]
+    got = model.forward_batch(toks, [6, 9, 4] + list(range(20)), [0, 1, 2] + [3] * 20)
+    np.testing.assert_array_equal(got[:3], ref_dec)
+    np.testing.assert_array_equal(got[3], ref_prompt[0])
+
+
+def test_more_decode_rows_than_one_decode_call():
+    m = LlamaModel.load(models_dir() / "stories260K-Q8_0.gguf", n_ctx=32, n_seq=DECODE_MAX + 3)
+    n = DECODE_MAX + 3
+    alone = []
+    for s in range(n):
+        m.kv.clear()
+        m.forward([1, 10 + s], seq_id=s)
+        alone.append(m.forward([20 + s], seq_id=s)[0])
+    m.kv.clear()
+    m.forward_batch(sum([[1, 10 + s] for s in range(n)], []), [0, 1] * n,
+                    sum([[s, s] for s in range(n)], []))
+    got = m.forward_batch([20 + s for s in range(n)], [2] * n, range(n))
+    for s in range(n):
+        np.testing.assert_array_equal(got[s], alone[s])
+
+
+def test_batch_errors(model):
+    model.kv.clear()
+    with pytest.raises(ValueError, match="contiguous"):
+        model.forward_batch([1, 2, 3], [0, 0, 1], [0, 1, 0])
+    with pytest.raises(ContextError, match="continue sequence 1"):
+        model.forward_batch([1, 2], [0, 5], [0, 1])
+    with pytest.raises(ValueError, match="sequence id 9"):
+        model.forward_batch([1], [0], [9])
