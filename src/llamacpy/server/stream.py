@@ -1,0 +1,121 @@
+"""The bridge from the engine thread to asyncio, and Server-Sent Events.
+
+Owns: `EventBridge` -- a request's blocking `TokenEvent` iterator pumped by a small thread into an asyncio
+queue with `loop.call_soon_threadsafe`, so the event loop never blocks on the engine; cancelling the request when
+its client goes away (a watcher on the ASGI `receive` channel) or when it waits too long; and `sse()`, one
+`data: {json}\\n\\n` event.
+Must not: build response bodies (responses.py) or enter numba (only the engine thread does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+_END = object()
+
+
+def sse(data, event: str = "data") -> bytes:
+    """One SSE event (RFC 8895: terminated by a blank line). `data` is JSON-encoded unless it is a str."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"{event}: {payload}\n\n".encode("utf-8")
+
+
+class RequestTimeout(Exception):
+    pass
+
+
+class Disconnected(Exception):
+    pass
+
+
+class EventBridge:
+    """Async iteration over one engine request's events; `cancel()` is safe from any thread, any number of times."""
+
+    def __init__(self, handle, loop: asyncio.AbstractEventLoop, timeout: float):
+        self.handle = handle
+        self.loop = loop
+        self.timeout = timeout
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.finished = False
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._pump, name="llamacpy-pump", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed (server exiting): nobody listens any more
+            self.cancel()
+
+    def _pump(self) -> None:
+        try:
+            for ev in self.handle:
+                self._put(ev)
+        except Exception as e:  # an engine failure reaches the client as an error event
+            self._put(e)
+        finally:
+            self._put(_END)
+
+    def cancel(self) -> None:
+        if not self._cancelled and not self.finished:
+            self._cancelled = True
+            try:
+                self.handle.cancel()
+            except Exception:
+                pass
+
+    async def next(self):
+        """The next TokenEvent, or None after the last one. Raises RequestTimeout after `timeout` s of silence."""
+        if self.finished:
+            return None
+        try:
+            item = await asyncio.wait_for(self.queue.get(), self.timeout)
+        except asyncio.TimeoutError:
+            self.cancel()
+            raise RequestTimeout(f"no token for {self.timeout:g} s (-to/--timeout); request cancelled") from None
+        if item is _END:
+            self.finished = True
+            return None
+        if isinstance(item, Exception):
+            raise item
+        if getattr(item, "finish_reason", None) is not None:
+            self.finished = True
+            self._cancelled = True  # nothing left to cancel
+        return item
+
+    async def events(self):
+        while True:
+            ev = await self.next()
+            if ev is None:
+                return
+            yield ev
+
+
+async def watch_disconnect(receive) -> None:
+    """Returns when the client has gone away (the body must already have been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_done_or_disconnect(coro, receive):
+    """Run `coro`; if the client disconnects first, cancel it and raise Disconnected."""
+    task = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(watch_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except BaseException:
+            pass
+        raise Disconnected()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
