@@ -141,6 +141,13 @@ class LlamaModel:
         self.weight_bytes_per_token = gguf.tensors[out_name].nbytes + sum(
             t.nbytes for name, t in gguf.tensors.items() if name.startswith("blk.") and len(t.shape) == 2)
 
+    def reset_cache(self, n_seq: int, n_ctx: int | None = None) -> None:
+        """A new, empty KV cache for n_seq sequences of up to n_ctx cells each (default: the model's n_ctx)."""
+        n_ctx = self.n_ctx if n_ctx is None else int(n_ctx)
+        if not 0 < n_ctx <= self.n_ctx:
+            raise ContextError(f"a sequence's context of {n_ctx} must be in [1, {self.n_ctx}]")
+        self.kv = KVCache(self.cfg, n_ctx, int(n_seq))
+
     @classmethod
     def load(cls, path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None, n_seq: int = 1):
         return cls(GGUFFile(path), n_ctx=n_ctx, n_threads=n_threads, n_seq=n_seq)
