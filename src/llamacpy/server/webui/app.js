@@ -137,6 +137,7 @@ function messageView(msg) {
       }
     }
     if (msg.meta && msg.meta.error) box.classList.add("error");
+    box.classList.add(msg.meta && msg.meta.streaming ? "streaming" : "done");
     box.appendChild(s);
   }
   return box;
@@ -439,7 +440,7 @@ async function send() {
       renderContent(body, reply.content);
       speed.textContent = speedText(meta);
       if (meta.error) view.classList.add("error");
-      view.classList.add("done");
+      view.classList.replace("streaming", "done");
     }
   }
 }
