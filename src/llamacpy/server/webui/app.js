@@ -52,7 +52,7 @@ function current() {
   return conversations.find((c) => c.id === currentId) || null;
 }
 
-// ---------- rendering (text only: never innerHTML) ----------
+// ---------- rendering (text nodes only, never parsed as HTML) ----------
 
 function node(tag, cls, text) {
   const n = document.createElement(tag);
@@ -453,7 +453,8 @@ async function showModel(attempt) {
     if (res.ok) {
       const j = await res.json();
       const m = j.data && j.data[0];
-      el.model.textContent = m ? m.id : "(no model)";
+      el.model.textContent = m ? String(m.id).split(/[\\/]/).pop() : "(no model)";
+      el.model.title = m ? String(m.id) : "";
       return;
     }
     el.model.textContent = res.status === 503 ? "loading model…" : `model: ${res.status}`;
