@@ -147,7 +147,7 @@ class Engine:
     (default: the model's n_ctx split evenly, as llama-server's -c / -np). The engine thread starts here."""
 
     def __init__(self, model, tokenizer, n_slots: int = 1, n_batch: int = 2048, queue_size: int = 64,
-                 n_ctx_slot: int | None = None, n_ubatch: int = 512):
+                 n_ctx_slot: int | None = None, n_ubatch: int = 512, n_aux_seq: int = 0):
         if n_slots < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots}")
         self.model = model
@@ -161,7 +161,9 @@ class Engine:
             raise ContextError(f"context per slot {self.n_ctx_slot} is too small ({model.n_ctx} over {n_slots} slots)")
         self.n_vocab = tokenizer.n_vocab
         self.embd_seq = self.n_slots  # the sequence embeddings are computed in
-        model.reset_cache(self.n_slots + 1, self.n_ctx_slot)
+        # sequences after it are left to callers of run() (aux_seq(i)): Llama's low-level eval/generate
+        self.n_aux_seq = max(0, int(n_aux_seq))
+        model.reset_cache(self.n_slots + 1 + self.n_aux_seq, self.n_ctx_slot)
         self.pooling = _pooling_type(model)
         self._slots = [_Slot(i) for i in range(self.n_slots)]
         self._waiting: deque[RequestHandle] = deque()
@@ -219,6 +221,19 @@ class Engine:
         if len(toks) > self.n_ctx_slot:
             raise ContextError(f"input is too large to process ({len(toks)} tokens, context {self.n_ctx_slot})")
         return self._call(lambda: self._embed(toks))
+
+    def aux_seq(self, i: int = 0) -> int:
+        """The KV sequence id of auxiliary sequence i (0 <= i < n_aux_seq), free for run() callers."""
+        if not 0 <= i < self.n_aux_seq:
+            raise ValueError(f"auxiliary sequence {i} of {self.n_aux_seq}")
+        return self.n_slots + 1 + i
+
+    def run(self, fn):
+        """fn() on the engine thread between steps; returns its result or raises its exception. For callers that
+        need the model directly (on an aux_seq sequence): the model is never entered from two threads."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        return self._call(fn)
 
     def _call(self, fn):
         done = threading.Event()
@@ -283,6 +298,9 @@ class Engine:
 
     # -- the engine thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        from .kernels import set_num_threads
+
+        set_num_threads(self.model.n_threads)  # numba's thread count is per calling thread
         while True:
             with self._cv:
                 while not (self._stop or self._jobs or self._work_pending()):
