@@ -116,3 +116,22 @@ def test_kv_cache_is_f16_grown_as_used_and_kept_apart():
         np.testing.assert_array_equal(k, k.astype(np.float16).astype(np.float32))
     kv.truncate(2, 33)
     assert kv.n_blocks[2] == 2 and kv.n_used[2] == 33
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-Q8_0", "tiny-llama-Q4_1", "tiny-llama-Q5_0", "tiny-llama-Q5_1",
+                                  "tiny-llama-Q2_K", "tiny-llama-Q3_K_S", "tiny-llama-Q5_K_M", "tiny-llama-Q6_K",
+                                  "llama3-style-f16"])
+def test_decode_kernels_compute_rows_independently(name):
+    """What kernels/batch.py relies on, per weight type: a decode call on up to DECODE_MAX rows gives each row
+    bit for bit what a one-row call gives (the types and their repacked/fused forms as the model uses them)."""
+    from llamacpy.kernels.batch import rows_independent
+
+    m = LlamaModel.load(models_dir() / f"{name}.gguf", n_ctx=16)
+    L = m.layers[-1]
+    rng = np.random.default_rng(0)
+    for lin in (L.wqkv, L.wo, L.w_gate_up, L.w_down, m.output):
+        assert rows_independent(lin)
+        x = rng.standard_normal((DECODE_MAX, lin.n_in)).astype(np.float32)
+        y = lin(x)
+        for i in range(DECODE_MAX):
+            np.testing.assert_array_equal(y[i], lin(x[i:i + 1])[0], err_msg=f"{name} {lin.name} row {i}")

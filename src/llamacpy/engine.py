@@ -88,14 +88,18 @@ class RequestHandle:
         self._on_event = on_event
         self.cancelled = False
         self.done = False  # the final event was sent
+        self._lock = threading.Lock()
 
     def _put(self, ev: TokenEvent) -> None:
-        if ev.finish_reason is not None:
-            self.done = True
-        if self._on_event is not None:
-            self._on_event(ev)
-        else:
-            self._events.put(ev)
+        with self._lock:  # nothing after the final event (shutdown may end a request from another thread)
+            if self.done:
+                return
+            if ev.finish_reason is not None:
+                self.done = True
+            if self._on_event is not None:
+                self._on_event(ev)
+            else:
+                self._events.put(ev)
 
     def get(self, timeout: float | None = None) -> TokenEvent | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -289,8 +293,15 @@ class Engine:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        if threading.current_thread() is self._thread:
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # still inside a long step: end the requests now, from here
+            with self._cv:
+                handles = [sl.handle for sl in self._slots if sl.handle is not None] + list(self._waiting)
+            for h in handles:
+                h.cancelled = True
+                h._put(TokenEvent(None, "", finish_reason="cancelled"))
 
     def _wake(self) -> None:
         with self._cv:
