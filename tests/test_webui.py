@@ -278,3 +278,67 @@ def test_model_text_is_shown_as_text(page, server, tmp_path):
     page.screenshot(path=str(tmp_path / "text-only.png"), full_page=True)
     _assert_same_origin(page, base)
     assert not any(re.search(r"/[xyz]$", u) for u in page.requests)
+
+
+# ---------- what the settings send, and errors ----------
+
+def _sse_reply(text: str) -> str:
+    events = [{"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+               "timings": {"predicted_n": 1, "predicted_per_second": 100.0}}]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def test_settings_reach_the_request_and_errors_are_shown(page, server):
+    bodies = []
+
+    def chat(route):
+        bodies.append(route.request.post_data_json)
+        if len(bodies) == 1:
+            route.fulfill(status=400, content_type="application/json", body=json.dumps(
+                {"error": {"code": 400, "message": "bad <thing>", "type": "invalid_request_error"}}))
+        else:
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse_reply("ok"))
+
+    page.route("**/v1/chat/completions", chat)
+    page.goto(server.url + "/")
+    _settings(page, system="Be brief.", temperature=0.5, top_p=0.9, max_tokens=16, seed=3,
+              grammar='root ::= "yes"', json_schema='{"type": "object"}')
+    page.fill("#input", "first")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant.error.done")
+    assert page.locator(".msg.assistant .speed").text_content() == "error: 400: bad <thing>"
+
+    page.fill("#input", "second")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant.done >> nth=1")
+    assert bodies[1] == {   # the failed exchange is not sent again
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "second"}],
+        "stream": True, "temperature": 0.5, "top_p": 0.9, "max_tokens": 16, "seed": 3,
+        "grammar": 'root ::= "yes"',
+        "response_format": {"type": "json_schema", "json_schema": {"name": "schema", "schema": {"type": "object"}}}}
+
+    # Bad settings are named and nothing is sent; the typed message stays in the box.
+    _settings(page, json_schema="{oops")
+    page.fill("#input", "third")
+    page.press("#input", "Enter")
+    assert "JSON schema is not valid JSON" in page.locator("#notice").text_content()
+    assert page.locator("#settings").is_visible() and page.input_value("#input") == "third"
+    page.fill("#s-json_schema", "")
+    page.fill("#s-seed", "1.5")
+    assert "seed must be an integer" in page.locator("#settings-error").text_content()
+    assert len(bodies) == 2
+
+    # Settings are kept across a reload; after Reset only messages and stream are sent.
+    page.reload()
+    page.wait_for_selector(".msg.assistant >> nth=1")
+    page.click("#settings-toggle")
+    assert page.input_value("#s-temperature") == "0.5" and page.input_value("#s-system") == "Be brief."
+    page.click("#settings-reset")
+    page.click("#settings-close")
+    page.fill("#input", "fourth")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant.done >> nth=2")
+    assert set(bodies[2]) == {"messages", "stream"}
+    assert [m["content"] for m in bodies[2]["messages"]] == ["second", "ok", "fourth"]
+    _assert_same_origin(page, server.url)

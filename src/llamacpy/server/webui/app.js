@@ -397,8 +397,15 @@ async function send() {
     if (stick) el.messages.scrollTop = el.messages.scrollHeight;
   };
 
-  const history = conv.messages.slice(0, -1).filter((m) => !(m.meta && m.meta.error))
-    .map((m) => ({ role: m.role, content: m.content }));
+  // The history sent: a failed reply and the message that led to it are left out.
+  const history = [];
+  for (const m of conv.messages.slice(0, -1)) {
+    if (m.meta && m.meta.error) {
+      if (history.length && history[history.length - 1].role === "user") history.pop();
+    } else {
+      history.push({ role: m.role, content: m.content });
+    }
+  }
   const system = (settings.system || "").trim();
   const payload = {
     messages: system ? [{ role: "system", content: settings.system }, ...history] : history,
