@@ -276,6 +276,15 @@ def test_model_text_is_shown_as_text(page, server, tmp_path):
     _check_text_only(page)
     assert page.locator("#conversations .open").text_content() == '<img src=z onerror="window.__pwned = 5">'
     page.screenshot(path=str(tmp_path / "text-only.png"), full_page=True)
+
+    # On a narrow screen the conversation list is a drawer behind the "Chats" button.
+    page.set_viewport_size({"width": 390, "height": 700})
+    assert page.locator("#sidebar").is_hidden()
+    page.click("#chats-toggle")
+    assert page.locator("#sidebar").is_visible()
+    page.screenshot(path=str(tmp_path / "narrow-chats.png"))
+    page.click("#conversations .open")
+    assert page.locator("#sidebar").is_hidden()
     _assert_same_origin(page, base)
     assert not any(re.search(r"/[xyz]$", u) for u in page.requests)
 

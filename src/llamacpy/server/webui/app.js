@@ -372,7 +372,7 @@ async function send() {
   notice("");
   let conv = current();
   if (!conv) {
-    conv = { id: newId(), title: text.trim().slice(0, 48), updated: Date.now(), messages: [] };
+    conv = { id: newId(), title: text.trim().replace(/\s+/g, " ").slice(0, 48), updated: Date.now(), messages: [] };
     conversations.push(conv);
     currentId = conv.id;
   }
@@ -492,6 +492,14 @@ document.addEventListener("keydown", (e) => {
 });
 el.stop.addEventListener("click", stopGeneration);
 $("new-chat").addEventListener("click", newConversation);
+$("chats-toggle").addEventListener("click", () => document.body.classList.toggle("show-chats"));
+// The narrow-screen drawer closes on any choice in it, or on a click beside it.
+$("sidebar").addEventListener("click", (e) => {
+  if (e.target.closest("button")) document.body.classList.remove("show-chats");
+});
+document.querySelector("main").addEventListener("click", (e) => {
+  if (e.target.id !== "chats-toggle") document.body.classList.remove("show-chats");
+});
 el.settingsToggle.addEventListener("click", () => toggleSettings(el.settings.hidden));
 $("settings-close").addEventListener("click", () => toggleSettings(false));
 $("settings-reset").addEventListener("click", () => {
