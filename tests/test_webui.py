@@ -47,11 +47,12 @@ def _missing(what: str):
 
 def _chromium_path() -> str:
     env = os.environ.get("LLAMACPY_CHROMIUM")
-    for cand in ([env] if env else []) + ["/usr/bin/chromium", "chromium", "chromium-browser"]:
+    for cand in [env] if env else ["/usr/bin/chromium", "chromium", "chromium-browser"]:
         path = shutil.which(cand) if cand else None
         if path:
             return path
-    _missing("chromium not found (apt-get install -y chromium, or set LLAMACPY_CHROMIUM)")
+    _missing(f"chromium not found at {env!r}" if env else
+             "chromium not found (apt-get install -y chromium, or set LLAMACPY_CHROMIUM)")
 
 
 @pytest.fixture(scope="module")
