@@ -307,6 +307,9 @@ def test_settings_reach_the_request_and_errors_are_shown(page, server):
         if len(bodies) == 1:
             route.fulfill(status=400, content_type="application/json", body=json.dumps(
                 {"error": {"code": 400, "message": "bad <thing>", "type": "invalid_request_error"}}))
+        elif len(bodies) == 4:   # cut off: no finish_reason, no [DONE]
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                          body=_sse_reply("half").split("\n\n")[0] + "\n\n")
         else:
             route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse_reply("ok"))
 
@@ -345,10 +348,19 @@ def test_settings_reach_the_request_and_errors_are_shown(page, server):
     page.click("#settings-toggle")
     assert page.input_value("#s-temperature") == "0.5" and page.input_value("#s-system") == "Be brief."
     page.click("#settings-reset")
-    page.click("#settings-close")
+    page.keyboard.press("Escape")   # with nothing to stop, Esc closes the settings
+    assert page.locator("#settings").is_hidden()
     page.fill("#input", "fourth")
     page.press("#input", "Enter")
     page.wait_for_selector(".msg.assistant.done >> nth=2")
     assert set(bodies[2]) == {"messages", "stream"}
     assert [m["content"] for m in bodies[2]["messages"]] == ["second", "ok", "fourth"]
+
+    # A stream that ends without its last event is an error, with the text it brought kept.
+    page.fill("#input", "fifth")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant.done >> nth=3")
+    last = page.locator(".msg.assistant").last
+    assert "error" in last.get_attribute("class") and last.locator(".content").text_content() == "half"
+    assert "closed the stream" in last.locator(".speed").text_content()
     _assert_same_origin(page, server.url)

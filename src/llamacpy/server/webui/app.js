@@ -320,22 +320,22 @@ async function postChat(body, signal) {
   }
 }
 
-// Read `data: {json}` events; call onEvent(json) for each until `data: [DONE]` or the end.
+// Read `data: {json}` events; call onEvent(json) for each. True when `data: [DONE]` was seen.
 async function readEvents(res, onEvent) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buf = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) break;
+    if (done) return false;
     buf += decoder.decode(value, { stream: true });
     let nl;
     while ((nl = buf.indexOf("\n")) >= 0) {
       const line = buf.slice(0, nl).replace(/\r$/, "");
       buf = buf.slice(nl + 1);
-      let m = /^(data|error):\s?(.*)$/.exec(line);
+      const m = /^(data|error):\s?(.*)$/.exec(line);
       if (!m) continue;
-      if (m[2] === "[DONE]") return;
+      if (m[2] === "[DONE]") return true;
       let j;
       try {
         j = JSON.parse(m[2]);
@@ -419,7 +419,7 @@ async function send() {
   try {
     const res = await postChat(payload, signal);
     if (!res.ok) throw new Error(await errorMessage(res));
-    await readEvents(res, (j) => {
+    const complete = await readEvents(res, (j) => {
       const choice = j.choices && j.choices[0];
       if (choice) {
         const piece = choice.delta && choice.delta.content;
@@ -433,6 +433,7 @@ async function send() {
       if (j.timings) meta.timings = j.timings;
       if (j.usage) meta.usage = j.usage;
     });
+    if (!complete && !meta.finish_reason) throw new Error("the server closed the stream before its end");
   } catch (e) {
     if (signal.aborted) meta.stopped = true;
     else meta.error = e.message;
@@ -485,9 +486,12 @@ el.input.addEventListener("keydown", (e) => {
   }
 });
 document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && controller) {
+  if (e.key !== "Escape") return;
+  if (controller) {
     e.preventDefault();
     stopGeneration();
+  } else if (!el.settings.hidden) {
+    toggleSettings(false);
   }
 });
 el.stop.addEventListener("click", stopGeneration);
