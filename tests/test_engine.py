@@ -236,3 +236,26 @@ def test_llama_completions_from_threads_are_batched():
         assert all(not s["is_processing"] for s in llm._engine.slots())
     finally:
         llm.close()
+
+
+def test_failed_step_ends_its_requests_and_the_engine_goes_on(model, tok, monkeypatch):
+    eng = Engine(model, tok, n_slots=2)
+    try:
+        real = model.forward_batch
+        calls = {"n": 0}
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return real(*a, **k)
+
+        monkeypatch.setattr(model, "forward_batch", flaky)
+        _, _, f = _collect(eng.submit(_req(tok, "Once upon a time", n_predict=3)))
+        assert f.finish_reason == "error" and "boom" in f.error
+        _, _, f = _collect(eng.submit(_req(tok, "Once upon a time", n_predict=3)))
+        assert f.finish_reason == "length" and f.timings["predicted_n"] == 3 and f.timings["n_cached"] == 0
+        _, _, f = _collect(eng.submit(_req(tok, "The cat", n_predict=0)))  # n_predict 0: the prompt is cached
+        assert f.finish_reason == "length" and f.timings["predicted_n"] == 0 and f.text == ""
+    finally:
+        eng.shutdown()

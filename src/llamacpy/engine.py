@@ -172,7 +172,7 @@ class Engine:
         self._slots = [_Slot(i) for i in range(self.n_slots)]
         self._waiting: deque[RequestHandle] = deque()
         self._jobs: deque = deque()
-        self._cv = threading.Condition()
+        self._cv = threading.Condition(threading.RLock())
         self._stop = False
         self._n_busy = 0
         self._task_id = 0
@@ -381,7 +381,12 @@ class Engine:
                 sl.state = "prompt"
                 self._n_busy += 1
                 self._m["requests_total"] += 1
-                self._start(sl)
+                try:
+                    self._start(sl)
+                except Exception as e:  # noqa: BLE001 -- reported on the request, the engine goes on
+                    sl.n_prompt = sl.n_cached = sl.n_decoded = 0
+                    sl.t_prompt, sl.t_gen = time.perf_counter(), None
+                    self._finish(sl, "error", error=f"{type(e).__name__}: {e}")  # _cv is re-entrant
             self._waiting = keep
 
     def _start(self, sl: _Slot) -> None:
@@ -482,6 +487,9 @@ class Engine:
             if kind == "prompt":
                 sl.state = "gen"
                 sl.t_gen = time.perf_counter()
+                if sl.handle.request.n_predict == 0:  # the prompt is only cached (llama-server: n_predict 0)
+                    self._finish(sl, "length")
+                    continue
             self._sample(sl, logits[gi])
 
     def _shift(self, sl: _Slot) -> None:
