@@ -263,3 +263,21 @@ def test_failed_step_ends_its_requests_and_the_engine_goes_on(model, tok, monkey
         assert f.finish_reason == "length" and f.timings["predicted_n"] == 0 and f.text == ""
     finally:
         eng.shutdown()
+
+
+def test_a_failing_event_callback_cancels_only_its_request(model, tok):
+    eng = Engine(model, tok, n_slots=2)
+    try:
+        def bad(ev):
+            raise OSError("client gone")
+
+        eng.submit(_req(tok, "Once upon a time", n_predict=50), on_event=bad)
+        _, _, f = _collect(eng.submit(_req(tok, "The cat", n_predict=20)))
+        assert f.finish_reason == "length"
+        for _ in range(1000):
+            if eng.metrics()["requests_processing"] == 0:
+                break
+            time.sleep(0.01)
+        assert eng.metrics()["requests_processing"] == 0
+    finally:
+        eng.shutdown()

@@ -101,10 +101,13 @@ class RequestHandle:
                 return
             if ev.finish_reason is not None:
                 self.done = True
-            if self._on_event is not None:
-                self._on_event(ev)
-            else:
+            if self._on_event is None:
                 self._events.put(ev)
+                return
+            try:
+                self._on_event(ev)
+            except Exception:  # noqa: BLE001 -- the consumer is gone: stop the request, not the engine
+                self.cancelled = True
 
     def get(self, timeout: float | None = None) -> TokenEvent | None:
         """The next event, or None after `timeout` seconds without one."""
