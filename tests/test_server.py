@@ -11,12 +11,11 @@ import math
 import time
 
 import httpx
+import openai
 import pytest
 
 from serve_process import ServerProcess
 from shared import models_dir, shared_dir
-
-openai = pytest.importorskip("openai")
 
 KEY = "test-key-123"
 N_SLOTS = 4
