@@ -23,7 +23,9 @@ def test_prefix_reuse_gives_same_logits(model):
     full = s.eval(toks, all_logits=True)
     s.truncate(4)
     again = s.eval(toks[4:], all_logits=True)
-    np.testing.assert_allclose(again, full[4:], atol=1e-5)
+    # against one 7-token batch: BLAS rounds a row differently for 3 and 7 rows (numpy's sgemm; measured 2.5e-4
+    # on logits of magnitude ~10, i.e. float32 accumulation-order noise over 5 layers)
+    np.testing.assert_allclose(again, full[4:], atol=2e-3)
 
 
 def test_context_shift_matches_reevaluation(tmp_path):

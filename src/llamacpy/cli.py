@@ -15,6 +15,7 @@ COMMANDS = {
     "run": ("llamacpy.cli_run", "generate text from a GGUF model (llama.cpp's llama-cli)"),
     "chat": ("llamacpy.cli_run", "conversation mode (same as `run -cnv`)"),
     "info": ("llamacpy.cli_info", "print a GGUF file's metadata and tensor table (like gguf-dump)"),
+    "serve": ("llamacpy.cli_serve", "serve a model over HTTP: OpenAI and llama.cpp APIs (like llama-server)"),
     "bench": ("llamacpy.bench", "measure prompt processing and generation speed (like llama-bench)"),
     "perplexity": ("llamacpy.perplexity", "compute perplexity over a text file (like llama-perplexity)"),
     "quantize": ("llamacpy.quantize", "quantize a GGUF file (like llama-quantize)"),

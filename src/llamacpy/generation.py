@@ -185,6 +185,7 @@ class StopMatcher:
         self.stops = [s for s in (stops or []) if s]
         self.text = ""
         self.emitted = 0
+        self.stop_word: str | None = None  # the stop string found, once feed() returned stopped
 
     def feed(self, piece: str) -> tuple[str, bool]:
         """Add decoded text; return (text safe to emit now, stopped)."""
@@ -195,6 +196,7 @@ class StopMatcher:
                 first = min(
                     i for i in (self.text.find(x, max(0, self.emitted - len(x))) for x in self.stops) if i != -1
                 )
+                self.stop_word = next(x for x in self.stops if self.text.find(x, max(0, self.emitted - len(x))) == first)
                 out = self.text[self.emitted : first] if first >= self.emitted else ""
                 self.text = self.text[:first]
                 self.emitted = len(self.text)

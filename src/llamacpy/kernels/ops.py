@@ -1,6 +1,11 @@
 """Per-layer element-wise and attention kernels (numba): RMSNorm, RoPE, causal attention over the KV cache,
 SwiGLU, residual adds.
 
+The KV cache (model.KVCache) is paged f16: per layer a pool of blocks (n_blocks, n_head_kv, KV_BLOCK, d) uint16
+holding float16 bits, and a table (n_seq, max_blocks) int32 of each sequence's blocks: cell c of sequence s is
+row c % KV_BLOCK of block table[s, c // KV_BLOCK]. The kernels convert the bits in registers (vcvtph2ps /
+vcvtps2ph), so the values are exactly the f16-rounded ones an f32 cache held before.
+
 Owns: the non-matmul math of a llama block, each a single compiled call over a whole batch of tokens
 (no Python loops over heads or tokens). Must not: know about tensors' file types or the model layout.
 """
@@ -12,22 +17,16 @@ import math
 import numba as nb
 import numpy as np
 
-from .common import f32_round_f16
+from numba.core import types as _types
+from numba.extending import intrinsic as _intrinsic
+from llvmlite import ir as _ir
+
+from .common import f16_bits_to_f32, f32_round_f16
+
+KV_BLOCK_SHIFT = 5
+KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
 
 _JIT = dict(cache=True, nogil=True, fastmath=True)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def round_f16(x):
-    """x rounded to the nearest float16 value (ties to even), returned as float32 (numba has no CPU float16)."""
-    if x == 0.0 or not math.isfinite(x):
-        return np.float32(x)
-    m, e = math.frexp(np.float64(x))  # x = m * 2**e, 0.5 <= |m| < 1; float16 keeps 11 significant bits
-    ulp_exp = max(e - 11, -24)  # below 2**-14 float16 is subnormal with a fixed ulp of 2**-24
-    r = np.rint(np.float64(x) * 2.0 ** (-ulp_exp)) * 2.0 ** ulp_exp
-    if abs(r) > 65504.0:
-        return np.float32(math.copysign(np.inf, x))
-    return np.float32(r)
 
 
 @nb.njit(**_JIT)
@@ -83,21 +82,6 @@ def rope_inplace(x, n_head, head_dim, n_rot, cos, sin, rows):
                 b = x[t, base + 2 * i + 1]
                 x[t, base + 2 * i] = a * c - b * s
                 x[t, base + 2 * i + 1] = a * s + b * c
-
-
-@nb.njit(**_JIT)
-def store_kv(k, v, k_cache, v_cache, start):
-    """Write new keys/values, rounded to f16 as llama.cpp's F16 cache stores them.
-    k: (n_tokens, n_head_kv * head_dim_k); k_cache: (n_head_kv, n_ctx, head_dim_k); cells start..start+n."""
-    n = k.shape[0]
-    n_head_kv, _, dk = k_cache.shape
-    dv = v_cache.shape[2]
-    for t in range(n):
-        for h in range(n_head_kv):
-            for i in range(dk):
-                k_cache[h, start + t, i] = round_f16(k[t, h * dk + i])
-            for i in range(dv):
-                v_cache[h, start + t, i] = round_f16(v[t, h * dv + i])
 
 
 # Batches of at least this many query tokens take the BLAS attention (two sgemm per KV head) instead of the
@@ -234,26 +218,6 @@ _attention_loops_serial = _serial_twin(attention_loops, "_attention_loops_serial
 
 
 @nb.njit(**_JIT)
-def shift_kv(k_cache, v_cache, keep, n_discard, n_used, cos, sin, n_rot):
-    """Context shift of one sequence: drop cells keep..keep+n_discard-1, move the later cells down and
-    re-rotate their keys by -n_discard positions (cos/sin: (1, n_rot/2) of that offset), keys re-rounded to f16."""
-    n_head_kv, _, dk = k_cache.shape
-    half = n_rot // 2
-    for h in range(n_head_kv):
-        for j in range(keep + n_discard, n_used):
-            d = j - n_discard
-            for i in range(dk):
-                k_cache[h, d, i] = k_cache[h, j, i]
-            for i in range(v_cache.shape[2]):
-                v_cache[h, d, i] = v_cache[h, j, i]
-            for i in range(half):
-                a = k_cache[h, d, 2 * i]
-                b = k_cache[h, d, 2 * i + 1]
-                k_cache[h, d, 2 * i] = round_f16(a * cos[0, i] - b * sin[0, i])
-                k_cache[h, d, 2 * i + 1] = round_f16(a * sin[0, i] + b * cos[0, i])
-
-
-@nb.njit(**_JIT)
 def swiglu(g, u, out):
     """out = silu(g) * u.  all (n_tokens, n_ff)"""
     n, d = g.shape
@@ -270,3 +234,143 @@ def add_inplace(x, y):
     for t in range(n):
         for i in range(d):
             x[t, i] += y[t, i]
+
+
+# -- the paged f16 KV cache ---------------------------------------------------------------------------------------
+@_intrinsic
+def f32_to_f16_bits(typingctx, v):
+    """float32 -> the bits of the nearest float16 (ties to even, overflow to inf): LLVM fptrunc, vcvtps2ph."""
+    sig = _types.uint16(_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], _ir.HalfType()), _ir.IntType(16))
+
+    return sig, codegen
+
+
+@nb.njit(**_JIT)
+def store_kv_paged(k, v, k_pool, v_pool, table, seqs, cells):
+    """Write new keys/values as f16 bits at each row's (sequence, cell).
+    k: (n_tokens, n_head_kv * dk); v: (n_tokens, n_head_kv * dv); k_pool: (n_blocks, n_head_kv, KV_BLOCK, dk)."""
+    n = k.shape[0]
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    for t in range(n):
+        c = cells[t]
+        blk = table[seqs[t], c >> KV_BLOCK_SHIFT]
+        off = c & (KV_BLOCK - 1)
+        for h in range(n_head_kv):
+            for i in range(dk):
+                k_pool[blk, h, off, i] = f32_to_f16_bits(k[t, h * dk + i])
+            for i in range(dv):
+                v_pool[blk, h, off, i] = f32_to_f16_bits(v[t, h * dv + i])
+
+
+def attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out):
+    """Causal attention of each row over its own sequence's cells 0..cells[t] (its own key included; already
+    stored), grouped-query KV heads; q rounded to f16 and the probabilities rounded to f16 as llama.cpp's
+    F16-cache KQ/KQV products do. Each (row, head) is computed alone by the same code whatever the other rows
+    and the job split are: its result does not depend on the batch.
+    q: (n_tokens, n_head * dk); k_pool/v_pool: (n_blocks, n_head_kv, KV_BLOCK, d); out: (n_tokens, n_head * dv)."""
+    n = q.shape[0]
+    n_head_kv = k_pool.shape[1]
+    group = n_head // n_head_kv
+    # query heads of one KV head share each converted K/V row; split a group only to give every thread a job
+    jobs_wanted = 2 * nb.get_num_threads()
+    n_chunks = max(1, min(group, -(-jobs_wanted // max(1, n * n_head_kv))))
+    while group % n_chunks:
+        n_chunks += 1
+    _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks)
+
+
+@nb.njit(parallel=True, **_JIT)
+def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks):
+    n = q.shape[0]
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    group = n_head // n_head_kv
+    hc = group // n_chunks  # query heads per job
+    for job in nb.prange(n * n_head_kv * n_chunks):
+        t = job // (n_head_kv * n_chunks)
+        kvh = (job // n_chunks) % n_head_kv
+        h0 = kvh * group + (job % n_chunks) * hc
+        s_id = seqs[t]
+        n_kv = cells[t] + 1
+        scores = np.empty((hc, n_kv), dtype=np.float32)
+        qh = np.empty((hc, dk), dtype=np.float32)
+        row = np.empty(max(dk, dv), dtype=np.float32)
+        mx = np.full(hc, -np.inf, dtype=np.float32)
+        for a in range(hc):
+            for i in range(dk):
+                qh[a, i] = f32_round_f16(q[t, (h0 + a) * dk + i])
+        for j in range(n_kv):
+            blk = table[s_id, j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            for i in range(dk):
+                row[i] = f16_bits_to_f32(k_pool[blk, kvh, off, i])
+            for a in range(hc):
+                s = np.float32(0.0)
+                for i in range(dk):
+                    s += qh[a, i] * row[i]
+                s *= scale
+                scores[a, j] = s
+                if s > mx[a]:
+                    mx[a] = s
+        inv = np.empty(hc, dtype=np.float32)
+        for a in range(hc):
+            tot = np.float32(0.0)
+            for j in range(n_kv):
+                e = np.float32(math.exp(scores[a, j] - mx[a]))
+                scores[a, j] = e
+                tot += e
+            inv[a] = np.float32(1.0) / tot
+        acc = np.zeros((hc, dv), dtype=np.float32)
+        for j in range(n_kv):
+            blk = table[s_id, j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            for i in range(dv):
+                row[i] = f16_bits_to_f32(v_pool[blk, kvh, off, i])
+            for a in range(hc):
+                p = f32_round_f16(scores[a, j] * inv[a])
+                for i in range(dv):
+                    acc[a, i] += p * row[i]
+        for a in range(hc):
+            for i in range(dv):
+                out[t, (h0 + a) * dv + i] = acc[a, i]
+
+
+@nb.njit(parallel=True, **_JIT)
+def gather_kv(pool, table_row, n, out):
+    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d)."""
+    _, n_head_kv, _, d = pool.shape
+    for h in nb.prange(n_head_kv):
+        for j in range(n):
+            blk = table_row[j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            for i in range(d):
+                out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
+
+
+@nb.njit(**_JIT)
+def shift_kv_paged(k_pool, v_pool, table_row, keep, n_discard, n_used, cos, sin, n_rot):
+    """Context shift of one sequence: drop cells keep..keep+n_discard-1, move the later cells down and
+    re-rotate their keys by -n_discard positions (cos/sin: (1, n_rot/2) of that offset), keys re-rounded to f16."""
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    half = n_rot // 2
+    for j in range(keep + n_discard, n_used):
+        d = j - n_discard
+        sb = table_row[j >> KV_BLOCK_SHIFT]
+        so = j & (KV_BLOCK - 1)
+        db = table_row[d >> KV_BLOCK_SHIFT]
+        do = d & (KV_BLOCK - 1)
+        for h in range(n_head_kv):
+            for i in range(dk):
+                k_pool[db, h, do, i] = k_pool[sb, h, so, i]
+            for i in range(dv):
+                v_pool[db, h, do, i] = v_pool[sb, h, so, i]
+            for i in range(half):
+                a = f16_bits_to_f32(k_pool[db, h, do, 2 * i])
+                b = f16_bits_to_f32(k_pool[db, h, do, 2 * i + 1])
+                k_pool[db, h, do, 2 * i] = f32_to_f16_bits(a * cos[0, i] - b * sin[0, i])
+                k_pool[db, h, do, 2 * i + 1] = f32_to_f16_bits(a * sin[0, i] + b * cos[0, i])
