@@ -57,6 +57,7 @@ class CompletionRequest:
     n_probs: int = 0  # top-n probabilities per generated token (softmax of the raw logits, as llama-server)
     ignore_eos: bool = False
     context_shift: bool = True  # False: a prompt that does not fit is refused; generation stops at the limit
+    post_sampling_probs: bool = False  # n_probs from the sampler chain (llama-server's post_sampling_probs)
 
 
 @dataclass
@@ -520,9 +521,13 @@ class Engine:
             self._finish(sl, "cancelled")
             return
         tok = sl.sampler.sample(logits)
-        # n_probs: the chain's probabilities of its first candidates, as llama.cpp's common sampler reports them
-        probs = sl.sampler.top_probs(req.n_probs) if req.n_probs > 0 else None
-        token_prob = sl.sampler.token_prob(tok)
+        # n_probs: softmax of the raw logits (llama-server's default), or with post_sampling_probs the chain's
+        # probabilities of its first candidates (llama.cpp's common sampler; the Python API's logprobs)
+        if req.post_sampling_probs:
+            probs = sl.sampler.top_probs(req.n_probs) if req.n_probs > 0 else None
+            token_prob = sl.sampler.token_prob(tok)
+        else:
+            probs, token_prob = _softmax_probs(logits[:self.n_vocab], req.n_probs, tok)
         sl.sampler.accept(tok)
         sl.n_decoded += 1
         with self._cv:
@@ -589,6 +594,19 @@ class Engine:
         if self.pooling == "last":
             return hs[-1].copy()
         return hs.astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def _softmax_probs(logits: np.ndarray, n: int, token: int) -> tuple[list[tuple[int, float]] | None, float]:
+    """The n most likely tokens under softmax(logits), highest first (None when n == 0), and `token`'s p."""
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if n <= 0:
+        return None, float(p[token])
+    n = min(n, p.shape[0])
+    idx = np.argpartition(-p, n - 1)[:n]
+    idx = idx[np.argsort(-p[idx], kind="stable")]
+    return [(int(i), float(p[i])) for i in idx], float(p[token])
 
 
 def _pooling_type(model) -> str:

@@ -34,6 +34,7 @@ class Job:
     id_slot: int = -1
     n_probs: int = 0
     ignore_eos: bool = False
+    post_sampling_probs: bool = False  # n_probs from the sampler chain instead of softmax(logits)
 
 
 def submit(state, job: Job, bridge: EventBridge):
@@ -52,6 +53,7 @@ def submit(state, job: Job, bridge: EventBridge):
         prompt_tokens=list(job.prompt_tokens), n_predict=job.n_predict, params=job.params, stop=list(job.stop),
         n_keep=job.n_keep, cache_prompt=job.cache_prompt, id_slot=job.id_slot, n_probs=job.n_probs,
         ignore_eos=job.ignore_eos, context_shift=state.config.context_shift,
+        post_sampling_probs=job.post_sampling_probs,
     )
     try:
         bridge.handle = state.engine.submit(req, on_event=bridge.on_event)
@@ -110,7 +112,7 @@ async def collect(state, request, jobs: list[Job]) -> list[R.Completion]:
         for b in bridges:
             b.cancel()
         raise
-    comps = [R.Completion(prompt_tokens=j.prompt_tokens) for j in jobs]
+    comps = [R.Completion(prompt_tokens=j.prompt_tokens, post_sampling=j.post_sampling_probs) for j in jobs]
 
     async def run_one(b: EventBridge, c: R.Completion, j: Job):
         async for ev in b.events():
@@ -179,7 +181,7 @@ class SSEResponse(Response):
 def stream(state, job: Job, chunks) -> SSEResponse:
     """Submit one job and stream it: `chunks(bridge, completion)` is an async generator of SSE bytes."""
     bridge = submit(state, job, EventBridge(asyncio.get_running_loop(), state.config.timeout))
-    c = R.Completion(prompt_tokens=job.prompt_tokens)
+    c = R.Completion(prompt_tokens=job.prompt_tokens, post_sampling=job.post_sampling_probs)
     return SSEResponse(_guard(state, chunks(bridge, c)), bridge.cancel)
 
 

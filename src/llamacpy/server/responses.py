@@ -76,6 +76,7 @@ class Completion:
     id_slot: int = -1
     n_cached: int = 0
     error: str | None = None
+    post_sampling: bool = False  # native route's post_sampling_probs: probabilities, not logprobs
 
     @property
     def n_prompt(self) -> int:
@@ -143,7 +144,7 @@ def native_partial(content: str, token: int | None, c: Completion, index: int, p
     if final_timings is not None:
         res["timings"] = timings_json(final_timings)
     if probs:
-        res["completion_probabilities"] = probs_json(probs)
+        res["completion_probabilities"] = probs_json(probs, c.post_sampling)
     return res
 
 
@@ -168,7 +169,7 @@ def native_final(c: Completion, index: int, stream: bool, model: str, settings: 
         "timings": timings_json(c.timings),
     }
     if not stream and c.probs:
-        res["completion_probabilities"] = probs_json(c.probs)
+        res["completion_probabilities"] = probs_json(c.probs, c.post_sampling)
     if response_fields:
         return nested_values(response_fields, res)
     return res

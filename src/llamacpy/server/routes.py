@@ -74,7 +74,8 @@ def build_router(state) -> APIRouter:
             raise invalid(f"'id_slot' {id_slot} is out of range: this server has {cfg.n_parallel} slots")
         return G.Job(prompt_tokens=prompt_tokens, n_predict=P.n_predict(body, cfg.n_predict), params=params,
                      stop=P.parse_stop(body), n_keep=n_keep, cache_prompt=P.field(body, "cache_prompt", "bool", True),
-                     id_slot=id_slot, n_probs=n_probs, ignore_eos=P.field(body, "ignore_eos", "bool", False))
+                     id_slot=id_slot, n_probs=n_probs, ignore_eos=P.field(body, "ignore_eos", "bool", False),
+                     post_sampling_probs=P.field(body, "post_sampling_probs", "bool", False))
 
     def settings_of(job: G.Job, stream: bool) -> dict:
         return R.generation_settings(job.params, job.n_predict, job.n_keep, job.stop, stream, job.n_probs,
