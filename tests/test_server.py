@@ -585,3 +585,43 @@ def test_cli_errors_are_one_line(tmp_path):
         assert r.returncode == 1, (args, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+# -- constrained output and post-sampling probabilities (issue 11's sampler through the server) -----------------
+
+def test_grammar_and_json_schema_constrain_output(server, client):
+    """GBNF via `grammar`, llama-server's `json_schema`, and OpenAI's response_format all reach the sampler:
+    stories260K never writes these by itself, so the shapes below can only come from the constraint."""
+    r = post(server, "/completion", {"prompt": "Once upon a time", "n_predict": 8, "temperature": 0,
+                                     "grammar": 'root ::= ("yes" | "no") "."'})
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] in ("yes.", "no.")
+    r = post(server, "/completion", {"prompt": "Once", "n_predict": 64, "temperature": 0,
+                                     "json_schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                                     "required": ["n"]}})
+    assert r.status_code == 200, r.text
+    assert isinstance(json.loads(r.json()["content"])["n"], int)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    c = client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "Hi"}], max_tokens=64,
+                                       temperature=0, response_format={"type": "json_schema",
+                                                                       "json_schema": {"name": "x", "schema": schema}})
+    assert isinstance(json.loads(c.choices[0].message.content)["ok"], bool)
+
+
+def test_bad_grammar_is_a_400_naming_it(server):
+    r = post(server, "/completion", {"prompt": "Once", "n_predict": 4, "grammar": "root ::= (("})
+    assert_error(r, 400)
+    assert "grammar" in r.json()["error"]["message"].lower()
+    assert_alive(server)
+
+
+def test_post_sampling_probs_are_the_chains(server):
+    """Default n_probs: softmax of the raw logits (several candidates with p < 1); post_sampling_probs: the
+    chain's, which under top_k 1 leave the one token with probability 1."""
+    body = {"prompt": "Once upon a time", "n_predict": 3, "temperature": 0, "n_probs": 3}
+    raw = post(server, "/completion", body).json()["completion_probabilities"]
+    assert all(len(e["top_logprobs"]) == 3 and e["top_logprobs"][0]["logprob"] < 0 for e in raw)
+    post_ = post(server, "/completion", {**body, "top_k": 1, "temperature": 0.8, "post_sampling_probs": True})
+    entries = post_.json()["completion_probabilities"]
+    assert [e["id"] for e in entries] == [e["id"] for e in raw]
+    assert all(e["prob"] == 1.0 and e["top_probs"][0]["prob"] == 1.0 for e in entries)
