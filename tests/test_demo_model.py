@@ -54,3 +54,26 @@ def test_compile_notice_only_when_compiling(tmp_path):
         lines.append([ln for ln in out.stderr.decode().splitlines() if "compiling kernels for this CPU, once" in ln])
     assert len(lines[0]) == 1 and str(tmp_path / "numba") in lines[0][0]
     assert lines[1] == []
+
+
+def test_numba_cache_is_keyed_on_the_cpu(tmp_path):
+    """The kernels' on-disk cache may sit on a shared disk: an entry written for one CPU must not load on
+    another. numba's index key holds the CPU name and features (caching.py `_index_key` -> `magic_tuple()`);
+    here the same function and cache directory, compiled for a 'generic' CPU and then for this host, miss both
+    times, and the generic CPU's second run hits its own entry."""
+    (tmp_path / "kmod.py").write_text("import numba\n@numba.njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    code = ("import kmod; kmod.f(1); s = kmod.f.stats; print(sum(s.cache_hits.values()), "
+            "sum(s.cache_misses.values()))")
+
+    def hits_misses(cpu):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+        env.pop("NUMBA_CPU_NAME", None)
+        if cpu:
+            env["NUMBA_CPU_NAME"] = cpu
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr.decode()
+        return tuple(int(v) for v in out.stdout.split())
+
+    assert hits_misses("generic") == (0, 1)
+    assert hits_misses(None) == (0, 1)  # another CPU: not loaded from the generic entry
+    assert hits_misses("generic") == (1, 0)  # both entries live side by side in the one index

@@ -39,6 +39,10 @@ WORK = Path(tempfile.mkdtemp(prefix="llamacpy-fuzz-"))
 BOUNDARY = [0, 1, 2, 7, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32, 1 << 40,
             (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
 
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 65), 1 << 65), st.sampled_from(BOUNDARY),
+                         st.floats(allow_nan=True), st.text(max_size=8))
+JSON = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
+                                                                                    max_size=4), max_leaves=10)
 
 def _alarm(signum, frame):
     raise TimeoutError("fuzz example ran past its time limit")
@@ -138,6 +142,58 @@ def test_fuzz_gguf_long(mutation):
     gguf_case(mutation)
 
 
+_MD = None
+MD_KEYS = ["general.architecture", "llama.embedding_length", "llama.attention.head_count", "llama.block_count",
+           "llama.feed_forward_length", "llama.attention.head_count_kv", "llama.attention.key_length",
+           "llama.rope.dimension_count", "llama.rope.freq_base", "llama.rope.scaling.type",
+           "llama.rope.scaling.factor", "llama.attention.layer_norm_rms_epsilon", "llama.context_length",
+           "llama.vocab_size", "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+           "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+           "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.merges",
+           "tokenizer.ggml.pre"]
+MD_VALUES = st.one_of(JSON_SCALARS, st.lists(JSON_SCALARS, max_size=4), st.lists(st.text(max_size=4), max_size=600),
+                      st.builds(lambda n, v: __import__("numpy").full(n, v), st.integers(0, 600),
+                                st.sampled_from([0, -1, 7, 2.5, float("nan")])))
+
+
+def metadata_case(edits) -> None:
+    """Config and tokenizer built from metadata of the right file format but with odd values (what a writer
+    with bugs produces): a wrong type, a negative or huge count, NaN, a short array."""
+    from llamacpy.config import LlamaConfig
+    from llamacpy.gguf_file import GGUFFile
+    from llamacpy.tokenizer import load_tokenizer
+
+    global _MD
+    if _MD is None:
+        _MD = GGUFFile(models_dir() / "stories260K.gguf").metadata
+    md = dict(_MD)
+    for key, value, delete in edits:
+        if delete:
+            md.pop(key, None)
+        else:
+            md[key] = value
+    with guarded("m.gguf"):
+        LlamaConfig.from_metadata(md, "m.gguf")
+        tok = load_tokenizer(md, "m.gguf")
+        tok.detokenize(tok.tokenize(b"Once upon a time <s>", add_bos=True, special=True))
+
+
+METADATA_EDITS = st.lists(st.tuples(st.sampled_from(MD_KEYS), MD_VALUES, st.booleans()), min_size=1, max_size=4)
+
+
+@QUICK
+@given(METADATA_EDITS)
+def test_fuzz_gguf_metadata_values(edits):
+    metadata_case(edits)
+
+
+@pytest.mark.slow
+@LONG
+@given(METADATA_EDITS)
+def test_fuzz_gguf_metadata_values_long(edits):
+    metadata_case(edits)
+
+
 def test_invalid_utf8_token_text_loads_as_bytes():
     """A vocabulary entry that is not UTF-8 (the issue's byte flip) is a byte string, as in llama.cpp: its
     piece is those bytes."""
@@ -216,10 +272,6 @@ def safetensors_case(data: bytes) -> None:
             t.load()
 
 
-JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 65), 1 << 65), st.sampled_from(BOUNDARY),
-                         st.floats(allow_nan=True), st.text(max_size=8))
-JSON = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
-                                                                                    max_size=4), max_leaves=10)
 ENTRY = st.fixed_dictionaries({}, optional={
     "dtype": st.one_of(st.sampled_from(["F32", "F16", "BF16", "I64", "F64", ""]), JSON),
     "shape": st.one_of(st.lists(st.one_of(st.integers(-3, 40), st.sampled_from(BOUNDARY)), max_size=4), JSON),

@@ -44,7 +44,14 @@ def install(stream=None) -> None:
                 return
             self.printed = True
             out = stream if stream is not None else sys.stderr
-            print(f"llamacpy: compiling kernels for this CPU, once: {func.__name__} and what this model needs "
+            # on a terminal the prompt may already be echoed on the current line: start the notice on its own
+            lead = ""
+            try:
+                sys.stdout.flush()
+                lead = "\n" if sys.stdout.isatty() and out.isatty() else ""
+            except (AttributeError, ValueError, OSError):
+                pass
+            print(f"{lead}llamacpy: compiling kernels for this CPU, once: {func.__name__} and what this model needs "
                   f"(a few seconds; later runs load them from {_cache_dir()})", file=out, flush=True)
 
         def on_end(self, ev):

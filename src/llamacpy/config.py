@@ -9,9 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
+import numpy as np
+
 from .errors import ModelError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+_INTS = {"embedding_length", "attention.head_count", "block_count", "feed_forward_length",
+         "attention.head_count_kv", "attention.key_length", "attention.value_length", "rope.dimension_count",
+         "context_length", "vocab_size"}
+_NUMERIC = _INTS | {"rope.scaling.factor", "rope.scale_linear", "rope.freq_base",
+                    "attention.layer_norm_rms_epsilon"}
 
 
 @dataclass(frozen=True)
@@ -40,17 +49,32 @@ class LlamaConfig:
         arch = md.get("general.architecture")
         if arch is None:
             raise ModelError(f"{path}: missing required key 'general.architecture'")
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
             raise ModelError(f"{path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+
+        def checked(key: str, v: Any) -> Any:
+            """A number of the right kind (a file with a string or an array here fails with its key named)."""
+            full = f"{arch}.{key}"
+            if v is None or isinstance(v, (str, bytes, list, tuple, dict, np.ndarray)) or isinstance(v, bool):
+                if v is None or key in _NUMERIC:
+                    raise ModelError(f"{path}: key {full!r} must be a number, got {v!r:.40}")
+                return v
+            if key in _INTS:
+                if not float(v).is_integer() or not 0 <= v < 1 << 31:
+                    raise ModelError(f"{path}: key {full!r} must be an integer in [0, 2^31), got {v!r:.40}")
+            elif key in _NUMERIC and not math.isfinite(v):
+                raise ModelError(f"{path}: key {full!r} must be a finite number, got {v!r:.40}")
+            return v
 
         def req(key: str) -> Any:
             full = f"{arch}.{key}"
             if full not in md:
                 raise ModelError(f"{path}: missing required key {full!r}")
-            return md[full]
+            return checked(key, md[full])
 
         def opt(key: str, default: Any) -> Any:
-            return md.get(f"{arch}.{key}", default)
+            full = f"{arch}.{key}"
+            return checked(key, md[full]) if full in md else default
 
         n_embd = int(req("embedding_length"))
         n_head = int(req("attention.head_count"))
@@ -68,6 +92,8 @@ class LlamaConfig:
             raise ModelError(f"{path}: rope.dimension_count {n_rot} must be even and <= head size {head_dim_k}")
         scale = 1.0
         stype = opt("rope.scaling.type", None)
+        if stype is not None and not isinstance(stype, str):
+            raise ModelError(f"{path}: key '{arch}.rope.scaling.type' must be a string, got {stype!r:.40}")
         factor = float(opt("rope.scaling.factor", 0.0) or 0.0)
         if stype in (None, "linear") and factor > 0:
             scale = 1.0 / factor
@@ -76,8 +102,11 @@ class LlamaConfig:
             scale = 1.0 / f if f > 0 else 1.0
         elif stype not in (None, "none", "linear"):
             raise ModelError(f"{path}: unsupported rope scaling type {stype!r}")
+        if not (n_embd > 0 and n_layer > 0 and n_ff > 0 and head_dim_k > 0 and head_dim_v > 0):
+            raise ModelError(f"{path}: embedding_length, block_count, feed_forward_length and head sizes must be "
+                             f"positive (got {n_embd}, {n_layer}, {n_ff}, {head_dim_k}, {head_dim_v})")
         tokens = md.get("tokenizer.ggml.tokens")
-        n_vocab = int(opt("vocab_size", len(tokens) if tokens is not None else 0))
+        n_vocab = int(opt("vocab_size", len(tokens) if isinstance(tokens, (list, tuple, np.ndarray)) else 0))
         return cls(
             n_vocab=n_vocab,
             n_embd=n_embd,

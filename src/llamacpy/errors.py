@@ -4,6 +4,10 @@
 class LlamacpyError(Exception):
     """Base class for errors caused by bad input (files, flags, keys), reported as one clear line."""
 
+    def __str__(self) -> str:
+        # one line, whatever a damaged file put into a name we quote (a newline in a zip member name, ...)
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class GGUFError(LlamacpyError, ValueError):
     """The file is missing, not GGUF, truncated, or structurally invalid."""

@@ -83,13 +83,15 @@ def pick_gguf(files: list[str], tag: str) -> str | None:
     return None
 
 
-def split_parts(name: str, files: list[str] | None = None) -> list[str]:
+def split_parts(name: str) -> list[str]:
     """All parts of a split model given its first part's name (just [name] when not split)."""
     head, _, base = name.rpartition("/")
     m = SPLIT_RE.match(base)
     if m is None:
         return [name]
     n = int(m.group(3))
+    if not 1 <= n <= 9999:
+        raise HubError(f"{name}: a split model of {n} parts?")
     prefix = (head + "/" if head else "") + m.group(1)
     return [f"{prefix}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
 
@@ -174,7 +176,7 @@ def hf_model(spec: str, hf_file: str | None = None, token: str | None = None) ->
             raise HubError(f"-hf {spec}: no GGUF {want} in {source}"
                            + (f" (it has: {', '.join(ggufs[:12])}{', ...' if len(ggufs) > 12 else ''})"
                               if ggufs else ""))
-        names = split_parts(chosen, files)
+        names = split_parts(chosen)
     _progress_default()
     from huggingface_hub import hf_hub_download
 

@@ -100,21 +100,21 @@ class _Archive:
         try:
             info = self.zip.getinfo(name)
         except KeyError:
-            raise ConvertError(f"{self.path}: storage {name} is missing from the archive") from None
+            raise ConvertError(f"{self.path}: storage {name!r} is missing from the archive") from None
         if info.file_size < numel * dtype.itemsize:
-            raise ConvertError(f"{self.path}: storage {name} holds {info.file_size} bytes, "
+            raise ConvertError(f"{self.path}: storage {name!r} holds {info.file_size} bytes, "
                                f"needs {numel * dtype.itemsize}")
         if info.compress_type != zipfile.ZIP_STORED:  # unusual: decompress this one member
             return np.frombuffer(self.read(name), dtype=dtype, count=numel)
         # local file header: 30 fixed bytes, then the file name and the extra field
         h = info.header_offset
         if h < 0 or h + 30 > len(self.mm) or self.mm[h:h + 4] != b"PK\x03\x04":
-            raise ConvertError(f"{self.path}: storage {name}: damaged zip entry (no local header at byte {h})")
+            raise ConvertError(f"{self.path}: storage {name!r}: damaged zip entry (no local header at byte {h})")
         name_len = int.from_bytes(self.mm[h + 26 : h + 28], "little")
         extra_len = int.from_bytes(self.mm[h + 28 : h + 30], "little")
         start = h + 30 + name_len + extra_len
         if start + numel * dtype.itemsize > len(self.mm):
-            raise ConvertError(f"{self.path}: storage {name} runs past the end of the file (truncated?)")
+            raise ConvertError(f"{self.path}: storage {name!r} runs past the end of the file (truncated?)")
         return np.frombuffer(self.mm, dtype=dtype, count=numel, offset=start)
 
     def read(self, name: str) -> bytes:
@@ -122,7 +122,7 @@ class _Archive:
         try:
             return self.zip.read(name)
         except Exception as e:  # BadZipFile (CRC, header), zlib.error, EOFError, ...
-            raise ConvertError(f"{self.path}: damaged zip member {name} ({type(e).__name__}: {e})") from None
+            raise ConvertError(f"{self.path}: damaged zip member {name!r} ({type(e).__name__}: {str(e)!r:.120})") from None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -143,7 +143,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise ConvertError(f"{self.archive.path}: tensors of torch.{name} are not supported "
                                "(expected float32, float16 or bfloat16 weights)")
         raise UnsafePickleError(
-            f"{self.archive.path}: refused to load global '{module}.{name}' from the pickle: for security, "
+            f"{self.archive.path}: refused to load global {(module + '.' + name)!r} from the pickle: for security, "
             "only torch tensor rebuild functions and storage types are allowed")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -165,7 +165,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, LazyTensor]:
     except ConvertError:
         raise
     except Exception as e:  # malformed pickle bytes
-        raise ConvertError(f"{path}: cannot read the checkpoint's pickle ({type(e).__name__}: {e})") from None
+        raise ConvertError(f"{path}: cannot read the checkpoint's pickle ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(obj, dict):
         raise ConvertError(f"{path}: the checkpoint does not hold a state dict ({type(obj).__name__})")
     out: dict[str, LazyTensor] = {}

@@ -27,7 +27,7 @@ def load_tokenizer(metadata: dict, path: str = "model") -> Tokenizer:
     model = metadata.get(key)
     if model is None:
         raise TokenizerError(f"{path}: missing vocabulary metadata key {key!r}")
-    cls = TOKENIZER_CLASSES.get(model)
+    cls = TOKENIZER_CLASSES.get(model) if isinstance(model, str) else None
     if cls is None:
         known = ", ".join(repr(k) for k in TOKENIZER_CLASSES)
         raise TokenizerError(f"{path}: unsupported tokenizer {key}={model!r} (supported: {known})")

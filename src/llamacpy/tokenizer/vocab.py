@@ -124,8 +124,9 @@ def read_per_token_array(metadata: dict, suffix: str, n_tokens: int, path: str, 
         return None
     values = metadata[key]
     try:
-        array = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError) as e:
+        with np.errstate(over="ignore", invalid="ignore"):  # an out-of-range float score is inf, as in a C cast
+            array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as e:
         raise TokenizerError(f"{path}: {key} is not a numeric array ({e})") from None
     if array.ndim != 1 or len(array) < n_tokens:
         raise TokenizerError(f"{path}: {key} has {array.size} entries for {n_tokens} tokens")
@@ -141,9 +142,13 @@ def token_attributes(token_types: np.ndarray | None, n_tokens: int) -> np.ndarra
     return np.where(known, _ATTR_OF_TOKEN_TYPE[np.clip(types, 0, len(_ATTR_OF_TOKEN_TYPE) - 1)], ATTR_UNDEFINED)
 
 
-def read_bool(metadata: dict, suffix: str, default: bool) -> bool:
+def read_bool(metadata: dict, suffix: str, default: bool, path: str = "model") -> bool:
     value = metadata.get(KEY_PREFIX + suffix)
-    return default if value is None else bool(value)
+    if value is None:
+        return default
+    if isinstance(value, (bool, int, np.integer, np.bool_)):
+        return bool(value)
+    raise TokenizerError(f"{path}: {KEY_PREFIX + suffix} must be a boolean, got {value!r:.40}")
 
 
 class Tokenizer:
@@ -164,10 +169,10 @@ class Tokenizer:
         types = read_per_token_array(metadata, "token_type", self.n_vocab, path, np.int32)
         self.attrs = token_attributes(types, self.n_vocab)
         self.text_to_id: dict[str, int] = dict(zip(self.texts, range(self.n_vocab)))  # last duplicate wins (b4748)
-        self.add_space_prefix = read_bool(metadata, "add_space_prefix", self.default_add_space_prefix)
+        self.add_space_prefix = read_bool(metadata, "add_space_prefix", self.default_add_space_prefix, path)
         self._read_special_ids(metadata)
-        self.add_bos = read_bool(metadata, "add_bos_token", self.default_add_bos)
-        self.add_eos = read_bool(metadata, "add_eos_token", self.default_add_eos)
+        self.add_bos = read_bool(metadata, "add_bos_token", self.default_add_bos, path)
+        self.add_eos = read_bool(metadata, "add_eos_token", self.default_add_eos, path)
         self._check_add_special("add_bos_token", self.add_bos, self.bos_id, "bos_token_id")
         self._check_add_special("add_eos_token", self.add_eos, self.eos_id, "eos_token_id")
         self._auto_detect_special_ids()
