@@ -292,7 +292,10 @@ class LinearF32(Linear):
     def __call__(self, x, out=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = self._out(x, out)
-        matmul_t(x, self.w, out)
+        if x.shape[0] <= DECODE_MAX and self.w.flags.c_contiguous:
+            dense.mv_f32(self.w, x, out)  # per-token results independent of the batch (see mv_f32)
+        else:
+            matmul_t(x, self.w, out)
         return out
 
     def _rows(self, ids):
