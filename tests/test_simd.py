@@ -37,7 +37,7 @@ def test_simd_matvec_matches_reference(level, typ, n_out, n_in):
     rng = np.random.default_rng(n_out * 1000 + n_in + int(typ))
     raw = random_blocks(int(typ), n_out, n_in, rng)
     w = dequantize(raw, typ).reshape(n_out, n_in).astype(np.float64)
-    packed = legacy_simd.repack_rows(int(typ), raw, n_out, n_in)
+    packed = legacy_simd.repack_rows(int(typ), raw, n_out, n_in, level)
     tok = simd.token(level)
     for n in (1, 3, 8):
         x = rng.standard_normal((n, n_in)).astype(np.float32)
@@ -64,7 +64,7 @@ def test_extreme_quants_exact(level):
         qx, dx, _ = q8.quantize_q8_0(x)
         assert dx[0, 0] == 1.0 and np.all(np.abs(qx) == 127)
         y = np.empty((1, 1), np.float32)
-        legacy_simd.MV[int(typ)](tok, *legacy_simd.repack_rows(int(typ), raw, 1, 32),
+        legacy_simd.MV[int(typ)](tok, *legacy_simd.repack_rows(int(typ), raw, 1, 32, level),
                                  *legacy_simd.prep(int(typ), level, qx, dx), y)
         assert y[0, 0] == (w @ qx[0].astype(np.float64))[0], (typ.name, level)
 

@@ -211,7 +211,7 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
 def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
     """The repacked arrays of one matrix, in this process's layout for the type (see layout_name)."""
     if uses_simd(ggml_type):
-        return legacy_simd.repack_rows(ggml_type, raw, n_out, n_in)
+        return legacy_simd.repack_rows(ggml_type, raw, n_out, n_in, isa.level())
     mod = kquants if ggml_type in KQUANTS else legacy
     return mod.repack(ggml_type, raw, n_out, n_in, R)
 

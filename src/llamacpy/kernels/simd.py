@@ -5,7 +5,8 @@ and is cached on disk -- separately per level, and every width-dependent operati
 compile time from that type), `Vec` (an LLVM vector value), and the operations:
     width(isa)                    bytes per byte-vector: 64 (avx512vnni), 32 (avxvnni, avx2), 16 (neon, generic)
     vload_i8/vload_i32/vload_f32(isa, a, i)   a vector from a C-contiguous array at flat element index i
-    vload_f16_x4/_x8(isa, a, i)   f16 bits (uint16) at flat index i, each repeated 4 (8) times, as f32 lanes
+    vload_f16(isa, a, i)          width/4 f16 values (uint16 bits) at flat index i as f32 lanes (vcvtph2ps)
+    vload_f16_x4/_x8(isa, a, i)   f16 bits at flat index i, each repeated 4 (8) times, as f32 lanes
     vand(v, m), vshr4(v), vxor80(v)           per-byte AND with a constant, logical >> 4, XOR 0x80
     dot_u8s8(isa, acc, a, b)      acc (int32 lanes) + sums of 4 consecutive a[k] (as u8, < 128 on neon) * b[k]
                                   (as s8): vpdpbusd 512 / 256, or pmaddubsw + pmaddwd (a*b pairs must not
@@ -13,7 +14,7 @@ compile time from that type), `Vec` (an LLVM vector value), and the operations:
     dot_s8s8b(isa, acc, a, b)     acc + sums of 4 (a[k] + S8S8_BIAS[level]) * b[k], a and b signed: VNNI levels
                                   take a XOR 0x80 as u8 (bias 128, the caller subtracts 128 * sum b), avx2 the
                                   sign trick pmaddubsw(|a|, sign(b, a)) (bias 0), neon sdot (bias 0)
-    vcvt(v) int32 -> f32, vmul, vfma(a, b, c) = a*b + c, vzero_f32(isa), vhsum(v) (f32 lanes -> float32)
+    vcvt(v) int32 -> f32, vmul, vadd, vfma(a, b, c) = a*b + c, vzero_f32/vzero_i32(isa), vhsum(v) (f32 -> float32)
 Never emits an instruction its level lacks: each function builds only the IR of the level in its argument's
 type; target intrinsics (llvm.x86.*, llvm.aarch64.*) appear only in the levels that have them, and a kernel
 is compiled only when called with that level's token -- which isa.level() hands out only where the CPU has it.
@@ -154,6 +155,7 @@ def _f16_rep(rep):
     return impl
 
 
+vload_f16 = intrinsic(_f16_rep(1))
 vload_f16_x4 = intrinsic(_f16_rep(4))
 vload_f16_x8 = intrinsic(_f16_rep(8))
 
@@ -349,6 +351,16 @@ def vzero_f32(typingctx, isa):
         return ir.Constant(_vt(F32, n), None)
 
     return Vec(types.float32, n)(isa), cg
+
+
+@intrinsic
+def vzero_i32(typingctx, isa):
+    n = WIDTH[_level(isa)] // 4
+
+    def cg(context, builder, sig, args):
+        return ir.Constant(_vt(I32, n), None)
+
+    return Vec(types.int32, n)(isa), cg
 
 
 @intrinsic
