@@ -102,3 +102,24 @@ def test_forcing_an_absent_level_is_one_clear_line(tmp_path):
                         "-p", "0", "-n", "1", "-r", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0
     assert "LLAMACPY_ISA" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("level", X86 + ["neon"])
+@pytest.mark.parametrize("n_out,n_in", [(1, 256), (37, 768), (9, 2304)])
+def test_simd_q4_k_matches_reference(level, n_out, n_in):
+    """Q4_K on Q8_K activations; 1, 3 and 9 super-blocks per row (padding to the level's chunk groups)."""
+    from llamacpy.kernels import kquants_simd as KS
+
+    _need(level)
+    rng = np.random.default_rng(n_out * 7 + n_in)
+    raw = random_blocks(int(T.Q4_K), n_out, n_in, rng)
+    w = dequantize(raw, T.Q4_K).reshape(n_out, n_in).astype(np.float64)
+    packed = KS.repack_rows(int(T.Q4_K), raw, n_out, n_in, level)
+    tok = simd.token(level)
+    for n in (1, 3, 8):
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        qx, d, bsums = q8.quantize_q8_k(x)
+        ref = q8.fake_quant_q8_k(x).astype(np.float64) @ w.T
+        y = np.full((n, n_out), np.nan, np.float32)
+        KS.mv_q4_k(tok, *packed, *KS.prep(int(T.Q4_K), level, qx, d, bsums), y)
+        assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), (level, n)

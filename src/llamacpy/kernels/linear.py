@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dequant, isa, kquants, legacy, legacy_simd, q8, repack_cache, simd
+from . import dense, dequant, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -54,9 +54,12 @@ GROUP_ROWS = {Q6_K: 256, Q2_K: 256, Q4_K: 128}
 GROUP_ROWS_BIG = {Q6_K: (1024, 512)}
 
 
+_SIMD = {t: legacy_simd for t in legacy_simd.TYPES} | {t: kquants_simd for t in kquants_simd.TYPES}
+
+
 def uses_simd(ggml_type: int) -> bool:
-    """Whether this process's decode kernel for the type is the explicit-SIMD one (legacy_simd.py)."""
-    return ggml_type in legacy_simd.TYPES and isa.level() != "generic"
+    """Whether this process's decode kernel for the type is an explicit-SIMD one (legacy_simd / kquants_simd)."""
+    return ggml_type in _SIMD and isa.level() != "generic"
 
 
 def group_rows(ggml_type: int, sizes) -> int:
@@ -191,11 +194,11 @@ _prepped: dict = {}  # ggml type -> (the _quantized result it was made from, the
 
 
 def _simd_activations(x: np.ndarray, ggml_type: int):
-    res = _quantized(x, False)
+    res = _quantized(x, ggml_type in KQUANTS)
     prev = _prepped.get(ggml_type)
     if prev is not None and prev[0] is res:
         return prev[1]
-    act = legacy_simd.prep(ggml_type, isa.level(), res[0], res[1])
+    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3 if ggml_type in KQUANTS else 2])
     _prepped[ggml_type] = (res, act)
     return act
 
@@ -203,7 +206,7 @@ def _simd_activations(x: np.ndarray, ggml_type: int):
 def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
     """One decode kernel call over a repacked matrix (the layout layout_name() names)."""
     if uses_simd(ggml_type):
-        legacy_simd.MV[ggml_type](simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+        _SIMD[ggml_type].MV[ggml_type](simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
     else:
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
@@ -211,7 +214,7 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
 def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
     """The repacked arrays of one matrix, in this process's layout for the type (see layout_name)."""
     if uses_simd(ggml_type):
-        return legacy_simd.repack_rows(ggml_type, raw, n_out, n_in, isa.level())
+        return _SIMD[ggml_type].repack_rows(ggml_type, raw, n_out, n_in, isa.level())
     mod = kquants if ggml_type in KQUANTS else legacy
     return mod.repack(ggml_type, raw, n_out, n_in, R)
 
@@ -219,7 +222,7 @@ def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int)
 def layout_name(ggml_type: int, R: int) -> str:
     """Names a repacked layout for the disk cache's key: family, version, type, rows per group, ISA level."""
     if uses_simd(ggml_type):
-        return f"rows-v{legacy_simd.LAYOUT_VERSION}-t{ggml_type}-{isa.level()}"
+        return f"rows-v{_SIMD[ggml_type].LAYOUT_VERSION}-t{ggml_type}-{isa.level()}"
     return f"group-v1-t{ggml_type}-R{R}-{isa.level()}"
 
 

@@ -7,7 +7,9 @@ compile time from that type), `Vec` (an LLVM vector value), and the operations:
     vload_i8/vload_i32/vload_f32(isa, a, i)   a vector from a C-contiguous array at flat element index i
     vload_f16(isa, a, i)          width/4 f16 values (uint16 bits) at flat index i as f32 lanes (vcvtph2ps)
     vload_f16_x4/_x8(isa, a, i)   f16 bits at flat index i, each repeated 4 (8) times, as f32 lanes
+    vload_u8_i32(isa, a, i)       width/4 bytes zero-extended to int32 lanes
     vand(v, m), vshr4(v), vxor80(v)           per-byte AND with a constant, logical >> 4, XOR 0x80
+    vmul_i32, vadd, vsub          lane-wise integer / float arithmetic
     dot_u8s8(isa, acc, a, b)      acc (int32 lanes) + sums of 4 consecutive a[k] (as u8, < 128 on neon) * b[k]
                                   (as s8): vpdpbusd 512 / 256, or pmaddubsw + pmaddwd (a*b pairs must not
                                   saturate int16: fine for 4-bit a), or sdot
@@ -135,6 +137,44 @@ def _loader(elem_nb, elem_ir, lanes_of_width):
 vload_i8 = intrinsic(_loader(types.int8, I8, lambda w: w))
 vload_i32 = intrinsic(_loader(types.int32, I32, lambda w: w // 4))
 vload_f32 = intrinsic(_loader(types.float32, F32, lambda w: w // 4))
+
+
+@intrinsic
+def vload_u8_i32(typingctx, isa, a, i):
+    """width/4 bytes at flat index i, zero-extended to int32 lanes (vpmovzxbd)."""
+    n = WIDTH[_level(isa)] // 4
+    if not (_c_array(a) and isinstance(i, types.Integer)):
+        return None
+
+    def cg(context, builder, sig, args):
+        v = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I8, n)), align=1)
+        return builder.zext(v, _vt(I32, n))
+
+    return Vec(types.int32, n)(isa, a, i), cg
+
+
+@intrinsic
+def vmul_i32(typingctx, a, b):
+    if not (isinstance(a, Vec) and a == b and a.elem == types.int32):
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.mul(args[0], args[1])
+
+    return a(a, b), cg
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    if not (isinstance(a, Vec) and a == b):
+        return None
+
+    def cg(context, builder, sig, args):
+        if sig.args[0].elem == types.float32:
+            return builder.fsub(args[0], args[1], flags=("fast",))
+        return builder.sub(args[0], args[1])
+
+    return a(a, b), cg
 
 
 def _f16_rep(rep):
