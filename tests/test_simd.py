@@ -105,21 +105,23 @@ def test_forcing_an_absent_level_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("level", X86 + ["neon"])
+@pytest.mark.parametrize("typ", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("n_out,n_in", [(1, 256), (37, 768), (9, 2304)])
-def test_simd_q4_k_matches_reference(level, n_out, n_in):
-    """Q4_K on Q8_K activations; 1, 3 and 9 super-blocks per row (padding to the level's chunk groups)."""
+def test_simd_kquant_matches_reference(level, typ, n_out, n_in):
+    """Q4_K / Q6_K on Q8_K activations; 1, 3 and 9 super-blocks per row (Q4_K: padding to the level's chunk
+    groups)."""
     from llamacpy.kernels import kquants_simd as KS
 
     _need(level)
-    rng = np.random.default_rng(n_out * 7 + n_in)
-    raw = random_blocks(int(T.Q4_K), n_out, n_in, rng)
-    w = dequantize(raw, T.Q4_K).reshape(n_out, n_in).astype(np.float64)
-    packed = KS.repack_rows(int(T.Q4_K), raw, n_out, n_in, level)
+    rng = np.random.default_rng(n_out * 7 + n_in + int(typ))
+    raw = random_blocks(int(typ), n_out, n_in, rng)
+    w = dequantize(raw, typ).reshape(n_out, n_in).astype(np.float64)
+    packed = KS.repack_rows(int(typ), raw, n_out, n_in, level)
     tok = simd.token(level)
     for n in (1, 3, 8):
         x = rng.standard_normal((n, n_in)).astype(np.float32)
         qx, d, bsums = q8.quantize_q8_k(x)
         ref = q8.fake_quant_q8_k(x).astype(np.float64) @ w.T
         y = np.full((n, n_out), np.nan, np.float32)
-        KS.mv_q4_k(tok, *packed, *KS.prep(int(T.Q4_K), level, qx, d, bsums), y)
+        KS.MV[int(typ)](tok, *packed, *KS.prep(int(typ), level, qx, d, bsums), y)
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), (level, n)

@@ -1,8 +1,9 @@
-"""Decode kernel for Q4_K on the SIMD layer (simd.py), one source for every level.
+"""Decode kernels for Q4_K and Q6_K on the SIMD layer (simd.py), one source for every level.
 
-Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)` and `mv_q4_k(isa, ...)`.
+Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)`, `mv_q4_k` / `mv_q6_k(isa,
+...)`. Q6_K's layout is described above its kernel.
 
-Layout: one int32 lane per 64-weight chunk (ggml's Q4_K: chunk c of a super-block is 32 bytes, low nibbles =
+Q4_K layout: one int32 lane per 64-weight chunk (ggml's Q4_K: chunk c of a super-block is 32 bytes, low nibbles =
 weights 64c..64c+31 = sub-block 2c, high nibbles = the next 32 = sub-block 2c+1). With n32 = width/4 lanes,
 the chunks of a row go in groups of n32; vector step s (0..7) holds bytes 4s..4s+3 of each chunk side by side
 (as legacy_simd.py does for blocks). After the 8 steps lane k holds the two sub-blocks' q*x sums of chunk k
@@ -22,12 +23,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .common import JIT, PJIT, Q4_K
+from .common import JIT, PJIT, Q4_K, Q6_K, f16_bits_to_f32
 from .kquants import _scale_min_k4
 from .simd import (WIDTH, dot_u8s8, vand, vcvt, vfma, vload_f16_x4, vload_f32, vload_i8, vload_i32, vload_u8_i32,
-                   vmul, vmul_i32, vadd, vshr4, vsub, vzero_f32, vzero_i32, vhsum, width)
+                   vload_i8_i32_x4, vmul, vmul_i32, vadd, vor, vshl, vshr, vshr4, vsplat_f32, vsub, vzero_f32,
+                   vzero_i32, vhsum, width)
 
-TYPES = (Q4_K,)
+TYPES = (Q4_K, Q6_K)
 LAYOUT_VERSION = 1
 
 
@@ -57,6 +59,8 @@ def _interleave(qsrc, sc, mn, dsrc, n32, qs, sl, sh, ml, mh, d, dmin):
 
 
 def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) -> tuple:
+    if typ == Q6_K:
+        return _repack_q6(raw, n_out, n_in, level)
     nS = n_in // 256
     blk = np.asarray(raw).reshape(n_out, nS, 144)
     sc, mn = _scale_min_k4(blk[:, :, 4:16])  # (n_out, nS, 8)
@@ -95,6 +99,8 @@ def _prep(qx, dq, bsums, nchp, n32):
 
 def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray) -> tuple:
     """Q8_K activations (qx (n, n_in) int8, d (n, n_in/256) f32, bsums (n, n_in/16)) -> the kernel's arrays."""
+    if typ == Q6_K:
+        return _prep_q6(qx, dq, bsums, WIDTH[level])
     return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
 
 
@@ -131,4 +137,105 @@ def mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
             y[t, r] = vhsum(acc)
 
 
-MV = {Q4_K: mv_q4_k}
+# -- Q6_K ------------------------------------------------------------------------------------------------------
+# ggml's Q6_K half n (128 weights) of a super-block: ql[64n + l], ql[64n + 32 + l], qh[32n + l] for l < 32 give
+# the four 6-bit values of weights 128n + 32j + l (j = 0..3: low nibble of the first / second ql byte, high
+# nibble of the first / second, with qh bits 2j..2j+1 on top); scale index 8n + 2j + l // 16.
+# Here: "units" u = 0..3 of 16 l-values each (half n = u // 2, l in [16 (u % 2), +16)); one vector holds
+# width/16 units' bytes of the first ql byte (A), the second (B) and qh (H), side by side -- per super-block
+# 64/width vectors of 3 x width bytes (192 bytes: the file's 192 quant bytes, reordered). Step j of a vector
+# builds the j-th 6-bit values of all its units and dots them with the matching activations: 4 int32 lanes per
+# unit, each lane starting at -8 * bsum of its sub-block (the -32 offset: 4 lanes x 8 = 32), then multiplied
+# by the sub-block's scale (int8, stored in the order the steps read them, repeated over the 4 lanes).
+#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (read order); d (n_out, nS) uint16 (f16 bits)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _interleave_q6(blk, W, qv, sc, d):
+    n_out, nS, _ = blk.shape
+    upv = W // 16
+    nv = 4 // upv
+    for r in nb.prange(n_out):
+        for S in range(nS):
+            d[r, S] = np.uint16(blk[r, S, 208]) | (np.uint16(blk[r, S, 209]) << np.uint16(8))
+            for v in range(nv):
+                o = S * 192 + v * 3 * W
+                for p in range(upv):
+                    u = v * upv + p
+                    n, lh = u // 2, u % 2
+                    for i in range(16):
+                        qv[r, o + p * 16 + i] = blk[r, S, 64 * n + 16 * lh + i]
+                        qv[r, o + W + p * 16 + i] = blk[r, S, 64 * n + 32 + 16 * lh + i]
+                        qv[r, o + 2 * W + p * 16 + i] = blk[r, S, 128 + 32 * n + 16 * lh + i]
+                    for j in range(4):
+                        sc[r, S * 16 + v * 4 * upv + j * upv + p] = np.int8(blk[r, S, 192 + 8 * n + 2 * j + lh])
+
+
+@nb.njit(**JIT)
+def _prep_q6(qx, dq, bsums, W):
+    n_tok, n_in = qx.shape
+    nS = n_in // 256
+    upv = W // 16
+    nv = 4 // upv
+    xq = np.empty((n_tok, n_in), np.int8)
+    xo = np.empty((n_tok, nS * 64), np.int32)
+    for t in range(n_tok):
+        for S in range(nS):
+            for v in range(nv):
+                for j in range(4):
+                    for p in range(upv):
+                        u = v * upv + p
+                        n, lh = u // 2, u % 2
+                        for i in range(16):
+                            xq[t, S * 256 + v * 4 * W + j * W + p * 16 + i] = qx[t, S * 256 + 128 * n + 32 * j + 16 * lh + i]
+                        for q in range(4):
+                            xo[t, S * 64 + v * W + j * (W // 4) + p * 4 + q] = -8 * bsums[t, S * 16 + 8 * n + 2 * j + lh]
+    return xq, xo, dq
+
+
+@nb.njit(**PJIT)
+def mv_q6_k(isa, qv, sc, d, xq, xo, xd, y):
+    n_tok, n_out = y.shape
+    nS = d.shape[1]
+    W = width(isa)
+    nv = 64 // W
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for S in range(nS):
+                isum = vzero_i32(isa)
+                for v in range(nv):
+                    q0 = r * nS * 192 + S * 192 + v * 3 * W
+                    x0 = t * nS * 256 + S * 256 + v * 4 * W
+                    o0 = t * nS * 64 + S * 64 + v * W
+                    s0 = r * nS * 16 + S * 16 + v * (W // 4)
+                    A = vload_i8(isa, qv, q0)
+                    B = vload_i8(isa, qv, q0 + W)
+                    Hh = vload_i8(isa, qv, q0 + 2 * W)
+                    q = vor(vand(A, 15), vshl(vand(Hh, 3), 4))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0), q, vload_i8(isa, xq, x0))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0)))
+                    q = vor(vand(B, 15), vshl(vand(Hh, 12), 2))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 4), q, vload_i8(isa, xq, x0 + W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 16)))
+                    q = vor(vshr4(A), vand(Hh, 48))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 2), q, vload_i8(isa, xq, x0 + 2 * W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 8)))
+                    q = vor(vshr4(B), vshr(vand(Hh, 192), 2))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + 3 * W // 4), q, vload_i8(isa, xq, x0 + 3 * W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + 3 * W // 16)))
+                acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
+            y[t, r] = vhsum(acc)
+
+
+def _repack_q6(raw, n_out, n_in, level):
+    nS = n_in // 256
+    blk = np.asarray(raw).reshape(n_out, nS, 210)
+    qv = np.empty((n_out, nS * 192), np.uint8)
+    sc = np.empty((n_out, nS * 16), np.int8)
+    d = np.empty((n_out, nS), np.uint16)
+    _interleave_q6(blk, WIDTH[level], qv, sc, d)
+    return qv, sc, d
+
+
+MV = {Q4_K: mv_q4_k, Q6_K: mv_q6_k}

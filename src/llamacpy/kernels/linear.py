@@ -62,11 +62,14 @@ def uses_simd(ggml_type: int) -> bool:
     return ggml_type in _SIMD and isa.level() != "generic"
 
 
+def rows_per_group(ggml_type: int, sizes) -> int:
+    """group_rows for the generic kernels' layout; 1 for the SIMD kernels' per-row layout."""
+    return 1 if uses_simd(ggml_type) else group_rows(ggml_type, sizes)
+
+
 def group_rows(ggml_type: int, sizes) -> int:
-    """Rows per interleaved group for a matrix (or fused matrices) of `sizes` rows (all but the last part
-    must fill whole groups, see FusedLinear). 1 for the SIMD kernels' per-row layout."""
-    if uses_simd(ggml_type):
-        return 1
+    """Rows per interleaved group (generic kernels) for a matrix (or fused matrices) of `sizes` rows (all but
+    the last part must fill whole groups, see FusedLinear)."""
     n_out = sum(sizes)
     min_groups = max(8, 2 * nb.config.NUMBA_NUM_THREADS)
     for R in GROUP_ROWS_BIG.get(ggml_type, ()):
@@ -351,7 +354,7 @@ class LinearQuant(Linear):
                 and self.packed[0].shape[-1] != R):
             self.packed = None
         if self.packed is None and self._want_repack:
-            R = R or group_rows(self.ggml_type, [self.n_out])
+            R = R or rows_per_group(self.ggml_type, [self.n_out])
             t, raw, n_out, n_in = self.ggml_type, self.raw, self.n_out, self.n_in
             self.packed = repack_cache.load_or_build([raw], layout_name(t, R),
                                                      lambda: build_packed(t, raw, n_out, n_in, R))
@@ -441,7 +444,7 @@ class FusedLinear:
         self.ggml_type = parts[0].ggml_type if len({p.ggml_type for p in parts}) == 1 else None
         self.nbytes = sum(p.nbytes for p in parts)
         self.offsets = np.cumsum([0] + [p.n_out for p in parts])  # column ranges of the parts in y
-        self._R = R = group_rows(self.ggml_type, [p.n_out for p in parts])
+        self._R = R = rows_per_group(self.ggml_type, [p.n_out for p in parts])
         self._fusable = (self.ggml_type in _MV and all(isinstance(p, LinearQuant) and p._want_repack for p in parts)
                          and all(p.n_out % R == 0 for p in parts[:-1]))  # padding only after the last part
         self._packed = None

@@ -9,6 +9,9 @@ compile time from that type), `Vec` (an LLVM vector value), and the operations:
     vload_f16_x4/_x8(isa, a, i)   f16 bits at flat index i, each repeated 4 (8) times, as f32 lanes
     vload_u8_i32(isa, a, i)       width/4 bytes zero-extended to int32 lanes
     vand(v, m), vshr4(v), vxor80(v)           per-byte AND with a constant, logical >> 4, XOR 0x80
+    vshl(v, k), vshr(v, k), vor   per-byte shifts by an integer (constant: an immediate), OR
+    vload_i8_i32_x4(isa, a, i)    width/16 int8 at flat index i, each repeated 4 times, as int32 lanes
+    vsplat_f32(isa, x)            a float in every f32 lane
     vmul_i32, vadd, vsub          lane-wise integer / float arithmetic
     dot_u8s8(isa, acc, a, b)      acc (int32 lanes) + sums of 4 consecutive a[k] (as u8, < 128 on neon) * b[k]
                                   (as s8): vpdpbusd 512 / 256, or pmaddubsw + pmaddwd (a*b pairs must not
@@ -221,6 +224,77 @@ def vand(typingctx, v, m):
         return builder.and_(args[0], splat)
 
     return v(v, m), cg
+
+
+def _splat_int(builder, val, n, ity):
+    v = builder.trunc(val, ity) if val.type.width > ity.width else builder.zext(val, ity)
+    splat = builder.insert_element(ir.Constant(_vt(ity, n), None), v, ir.Constant(I32, 0))
+    return builder.shuffle_vector(splat, ir.Constant(_vt(ity, n), None), ir.Constant(_vt(I32, n), [0] * n))
+
+
+@intrinsic
+def vshl(typingctx, v, k):
+    """Per-byte << k (k an integer; a constant k folds to an immediate)."""
+    if not (_is_i8(v) and isinstance(k, types.Integer)):
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.shl(args[0], _splat_int(builder, args[1], sig.args[0].n, I8))
+
+    return v(v, k), cg
+
+
+@intrinsic
+def vshr(typingctx, v, k):
+    """Per-byte logical >> k."""
+    if not (_is_i8(v) and isinstance(k, types.Integer)):
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.lshr(args[0], _splat_int(builder, args[1], sig.args[0].n, I8))
+
+    return v(v, k), cg
+
+
+@intrinsic
+def vor(typingctx, a, b):
+    if not (isinstance(a, Vec) and a == b and a.elem != types.float32):
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.or_(args[0], args[1])
+
+    return a(a, b), cg
+
+
+@intrinsic
+def vload_i8_i32_x4(typingctx, isa, a, i):
+    """width/16 int8 values at flat index i, each repeated 4 times, sign-extended to width/4 int32 lanes."""
+    n = WIDTH[_level(isa)] // 4
+    k = n // 4
+    if not (_c_array(a) and isinstance(i, types.Integer)):
+        return None
+
+    def cg(context, builder, sig, args):
+        v = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I8, k)), align=1)
+        v = builder.shuffle_vector(v, ir.Constant(_vt(I8, k), None), ir.Constant(_vt(I32, n), [j // 4 for j in range(n)]))
+        return builder.sext(v, _vt(I32, n))
+
+    return Vec(types.int32, n)(isa, a, i), cg
+
+
+@intrinsic
+def vsplat_f32(typingctx, isa, x):
+    n = WIDTH[_level(isa)] // 4
+    if not isinstance(x, types.Float):
+        return None
+
+    def cg(context, builder, sig, args):
+        v = builder.fptrunc(args[1], F32) if args[1].type != F32 else args[1]
+        splat = builder.insert_element(ir.Constant(_vt(F32, n), None), v, ir.Constant(I32, 0))
+        return builder.shuffle_vector(splat, ir.Constant(_vt(F32, n), None), ir.Constant(_vt(I32, n), [0] * n))
+
+    return Vec(types.float32, n)(isa, x), cg
 
 
 @intrinsic
