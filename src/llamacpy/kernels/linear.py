@@ -3,12 +3,16 @@
 Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
     decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
-        the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dense.mv_half for F16/BF16;
-        dequant.matvec_generic when a repack is declined).
+        the whole matrix: Q4_0, Q8_0, Q4_K, Q6_K on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
+        the level of isa.level(); LLAMACPY_ISA=generic turns them off), the other quantized types on the
+        generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense.mv_half for
+        F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
+        dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
+        to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of ~TILE_BYTES
         dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
-madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
+mmap.madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
 only the resident set of this process shrinks). Only pages of a read-only file mapping are ever advised.
 
 Threads: numba picks its OpenMP layer here (libgomp); were it the workqueue layer, that must not be entered from

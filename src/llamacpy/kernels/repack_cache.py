@@ -29,6 +29,7 @@ import json
 import mmap
 import os
 import sys
+import weakref
 import zlib
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def _maps_entry(addr: int):
     return None
 
 
-_mm_info: dict[int, tuple] = {}  # id(mmap) -> (mmap, path, start address, file offset of start)
+_mm_info: dict[int, tuple] = {}  # id(mmap) -> (weakref to the mmap, path, start address, file offset of start)
 
 
 def locate(a: np.ndarray):
@@ -110,7 +111,7 @@ def locate(a: np.ndarray):
     if mm is None or not a.flags.c_contiguous:
         return None
     info = _mm_info.get(id(mm))
-    if info is None or info[0] is not mm:
+    if info is None or info[0]() is not mm:
         try:
             start = np.frombuffer(mm, np.uint8, count=1).ctypes.data
         except (ValueError, TypeError):
@@ -118,7 +119,7 @@ def locate(a: np.ndarray):
         ent = _maps_entry(start)
         if ent is None:
             return None
-        info = (mm, ent[0], start, ent[1])
+        info = (weakref.ref(mm), ent[0], start, ent[1])  # weak: the model's mapping may close
         _mm_info[id(mm)] = info
     _, path, start, off0 = info
     return path, off0 + (a.ctypes.data - start), int(a.nbytes)
