@@ -34,8 +34,8 @@ def cache(tmp_path, monkeypatch):
     return d
 
 
-def _file(tmp_path, typ=T.Q4_0, seed=0, name="w.bin"):
-    raw, w = weights(typ, N_OUT, N_IN, np.random.default_rng(seed))
+def _file(tmp_path, typ=T.Q4_0, seed=0, name="w.bin", n_out=N_OUT):
+    raw, w = weights(typ, n_out, N_IN, np.random.default_rng(seed))
     p = tmp_path / name
     p.write_bytes(b"\0" * 4096 + raw.tobytes())  # the tensor at offset 4096, as in a GGUF file
     return p, raw.shape, w
@@ -45,7 +45,7 @@ def _linear(p, shape, typ=T.Q4_0, name="blk.0.ffn_up.weight"):
     with open(p, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(mm, np.uint8, offset=4096, count=shape[0] * shape[1]).reshape(shape)
-    return make_linear(int(typ), view, (N_OUT, N_IN), name)
+    return make_linear(int(typ), view, (shape[0], N_IN), name)
 
 
 def _check(lin, w, typ=T.Q4_0):
@@ -150,7 +150,8 @@ def test_cache_off_by_env_and_flag(tmp_path, cache, monkeypatch):
 
 
 def test_fused_parts_cached_as_one_entry(tmp_path, cache):
-    p, shape, w = _file(tmp_path)
+    """128 rows: whole row groups for the generic kernels too (LLAMACPY_ISA=generic), so the parts fuse."""
+    p, shape, w = _file(tmp_path, n_out=128)
     a = _linear(p, shape, name="q")
     b = _linear(p, shape, name="k")
     f = fuse_linears([a, b])
