@@ -5,7 +5,11 @@ Session caches hold read-only objects (a LlamaModel's weights); every user clear
 test depends on what another left behind.
 """
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -142,3 +146,11 @@ def pytest_sessionfinish(session, exitstatus):
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         (tr.write_line if tr else print)("\n".join(problems))
         session.exitstatus = 1
+
+
+# The repack cache (kernels/repack_cache.py) of a test run lives in a temporary folder, never in the user's
+# ~/.cache; subprocesses started by tests inherit it. A caller's own LLAMACPY_REPACK_CACHE wins.
+if "LLAMACPY_REPACK_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="llamacpy-test-repack-")
+    os.environ["LLAMACPY_REPACK_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)

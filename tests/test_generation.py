@@ -17,15 +17,17 @@ def model():
 
 
 def test_prefix_reuse_gives_same_logits(model):
+    """7 tokens in one batch vs 4 + 3: both batches are at most linear.DECODE_MAX tokens, so every matmul runs
+    the decode kernels, which compute each token's outputs on their own in a fixed order (F32 too: dense.mv_f32,
+    not sgemm, whose summation order follows its blocking and the CPU's BLAS kernel); attention below
+    ops.ATTN_BLAS_MIN_TOKENS runs per query token. So the two paths must agree bit for bit on any CPU."""
     s = Session(model)
     s.reset()
     toks = [1, 403, 407, 261, 378, 432, 383]
     full = s.eval(toks, all_logits=True)
     s.truncate(4)
     again = s.eval(toks[4:], all_logits=True)
-    # against one 7-token batch: BLAS rounds a row differently for 3 and 7 rows (numpy's sgemm; measured 2.5e-4
-    # on logits of magnitude ~10, i.e. float32 accumulation-order noise over 5 layers)
-    np.testing.assert_allclose(again, full[4:], atol=2e-3)
+    np.testing.assert_array_equal(again, full[4:])
 
 
 def test_context_shift_matches_reevaluation(tmp_path):

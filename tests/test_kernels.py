@@ -325,15 +325,16 @@ def test_q6_k_big_row_groups():
     x = rng.standard_normal((3, n_in)).astype(np.float32)
     ref = rounded(T.Q6_K, x).astype(np.float64) @ np.concatenate(refs).T.astype(np.float64)
     alone = np.concatenate([p(x) for p in parts], axis=1)
-    assert parts[0].packed[0].shape[-1] == 512
+    generic = not L.uses_simd(int(T.Q6_K))  # the SIMD kernels keep whole rows (no row groups)
+    assert parts[0].packed[0].shape[-1] == 512 or not generic
     assert np.abs(alone - ref).max() <= 1e-4 * np.abs(ref).max()
     f = fuse_linears(parts)
     y = f(x)
-    assert f._packed[0].shape[-1] == 512
+    assert f._packed[0].shape[-1] == 512 or not generic
     np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
     raw, w = weights(T.Q6_K, 1024 * nt - 100, n_in, rng)
     lin = make_linear(int(T.Q6_K), raw, w.shape, "output.weight")
     y = lin(x[:1])
-    assert lin.packed[0].shape[-1] == 1024
+    assert lin.packed[0].shape[-1] == 1024 or not generic
     ref = rounded(T.Q6_K, x[:1]).astype(np.float64) @ w.T.astype(np.float64)
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()

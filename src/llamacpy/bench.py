@@ -145,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("-o", "--output", choices=["md", "json"], default="md")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--no-repack-cache", action="store_true", help="repack weights in memory, not via the disk cache")
     a = ap.parse_args(argv)
     a.model = resolve_model(a)
+    from .kernels import isa, repack_cache
+
+    level = isa.level()  # an LLAMACPY_ISA this CPU lacks fails here, before any loading
+    if a.no_repack_cache:
+        repack_cache.set_enabled(False)
     threads = a.threads or [physical_cores()]
     if a.repetitions < 1 or any(t < 1 for t in threads):
         raise LlamacpyError("bench: -r and -t must be >= 1")
@@ -158,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             raise LlamacpyError(f"{path}: no such file")
         log = (lambda r: print(md_row(r), flush=True)) if a.output == "md" else None
         results += run_tests(path, a.n_prompt, a.n_gen, threads, a.repetitions, not a.no_warmup, log)
+    for r in results:
+        r["isa"] = level
+    if a.output == "md":
+        print(f"\nisa: {isa.describe()}\nrepack cache: {repack_cache.describe()}", flush=True)
     if a.output == "json":
         print(json.dumps(results, indent=2))
     return 0

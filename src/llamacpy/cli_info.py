@@ -34,7 +34,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-tensors", action="store_true", help="metadata only")
     args = p.parse_args(argv)
     g = GGUFFile(args.model)
+    from .kernels import isa, repack_cache
+
     print(f"* File: {g.path} (GGUF v{g.version}, {g.size} bytes)")
+    print(f"* Kernels: SIMD level {isa.describe()}")
+    print(f"* Repack cache: {repack_cache.describe()}")
     print(f"* Dumping {len(g.metadata)} key/value pair(s)")
     for i, (key, value) in enumerate(g.metadata.items(), 1):
         vtype, sub = g.metadata_types[key]

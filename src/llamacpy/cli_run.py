@@ -84,6 +84,8 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
     p.add_argument(*_alias("--verbose-prompt"), dest="verbose_prompt", action="store_true",
                    help="print the prompt tokens before generating")
     _sampling_flags(p)
+    p.add_argument("--no-repack-cache", dest="no_repack_cache", action="store_true",
+                   help="repack weights in memory instead of through the disk cache (kernels/repack_cache.py)")
     _interactive_flags(p)
     return p
 
@@ -335,6 +337,9 @@ def main(argv: list[str], chat: bool = False) -> int:
     args = build_parser("llamacpy chat" if chat else "llamacpy run").parse_args(argv)
     validate(args, chat)
     args.model = resolve_model(args)
+    if args.no_repack_cache:
+        from .kernels import repack_cache
+        repack_cache.set_enabled(False)
     timings = Timings()
     prompt = read_prompt(args)
     tokenizer, model = load(args, timings)

@@ -45,6 +45,21 @@ def mv_half(w, kind, x, y):
 
 
 @nb.njit(**PJIT)
+def mv_f32(w, x, y):
+    """y (n_tok, n_out) = x (n_tok, n_in) @ w.T for w (n_out, n_in) f32: the decode path of F32 weights. Each
+    output is one dot product in an order fixed by the compiled code, whatever the batch size -- unlike
+    sgemm, whose blocking (and so summation order) depends on the shape and on the CPU's BLAS kernel."""
+    n_out, n_in = w.shape
+    n_tok = x.shape[0]
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            s = np.float32(0.0)
+            for i in range(n_in):
+                s += w[r, i] * x[t, i]
+            y[t, r] = s
+
+
+@nb.njit(**PJIT)
 def half_to_f32_range(w, kind, r0, out):
     """out[i] = w[r0 + i] as f32 (for sgemm tiles).  out: (n, n_in) f32"""
     for i in nb.prange(out.shape[0]):

@@ -3,12 +3,16 @@
 Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
     decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
-        the whole matrix (legacy.py / kquants.py on a row-interleaved repack, dense.mv_half for F16/BF16;
-        dequant.matvec_generic when a repack is declined).
+        the whole matrix: Q4_0, Q8_0, Q4_K, Q6_K on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
+        the level of isa.level(); LLAMACPY_ISA=generic turns them off), the other quantized types on the
+        generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense.mv_half for
+        F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
+        dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
+        to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of ~TILE_BYTES
         dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
-madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
+mmap.madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
 only the resident set of this process shrinks). Only pages of a read-only file mapping are ever advised.
 
 Threads: numba picks its OpenMP layer here (libgomp); were it the workqueue layer, that must not be entered from
@@ -28,7 +32,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dequant, kquants, legacy, q8
+from . import dense, dequant, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -54,9 +58,22 @@ GROUP_ROWS = {Q6_K: 256, Q2_K: 256, Q4_K: 128}
 GROUP_ROWS_BIG = {Q6_K: (1024, 512)}
 
 
+_SIMD = {t: legacy_simd for t in legacy_simd.TYPES} | {t: kquants_simd for t in kquants_simd.TYPES}
+
+
+def uses_simd(ggml_type: int) -> bool:
+    """Whether this process's decode kernel for the type is an explicit-SIMD one (legacy_simd / kquants_simd)."""
+    return ggml_type in _SIMD and isa.level() != "generic"
+
+
+def rows_per_group(ggml_type: int, sizes) -> int:
+    """group_rows for the generic kernels' layout; 1 for the SIMD kernels' per-row layout."""
+    return 1 if uses_simd(ggml_type) else group_rows(ggml_type, sizes)
+
+
 def group_rows(ggml_type: int, sizes) -> int:
-    """Rows per interleaved group for a matrix (or fused matrices) of `sizes` rows (all but the last part
-    must fill whole groups, see FusedLinear)."""
+    """Rows per interleaved group (generic kernels) for a matrix (or fused matrices) of `sizes` rows (all but
+    the last part must fill whole groups, see FusedLinear)."""
     n_out = sum(sizes)
     min_groups = max(8, 2 * nb.config.NUMBA_NUM_THREADS)
     for R in GROUP_ROWS_BIG.get(ggml_type, ()):
@@ -127,34 +144,43 @@ def get_num_threads() -> int:
 
 
 # -- mmap residency ----------------------------------------------------------------------------------------------
-_libc = None
 _PAGE = mmap.PAGESIZE
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # absent where the OS has no madvise (Windows)
 
 
-def _is_file_mapping(a: np.ndarray) -> bool:
+def _file_mapping(a: np.ndarray):
+    """The mmap.mmap object `a` views (through numpy bases / memoryviews), or None."""
     b = a
     while b is not None:
         if isinstance(b, mmap.mmap):
-            return True
+            return b
         if isinstance(b, memoryview):
-            return isinstance(b.obj, mmap.mmap)
+            return b.obj if isinstance(b.obj, mmap.mmap) else None
         b = getattr(b, "base", None)
-    return False
+    return None
+
+
+def _is_file_mapping(a: np.ndarray) -> bool:
+    return _file_mapping(a) is not None
 
 
 def drop_pages(a: np.ndarray) -> None:
-    """madvise(MADV_DONTNEED) the whole pages under `a`, if `a` views a read-only file mapping (else no-op)."""
-    global _libc
-    if not _is_file_mapping(a) or a.nbytes < 16 * _PAGE:
+    """mmap.madvise(MADV_DONTNEED) the whole pages under `a`, if `a` views a read-only file mapping (else
+    no-op). Portable: Python's own mmap.madvise, where the platform has it."""
+    mm = _file_mapping(a)
+    if mm is None or _DONTNEED is None or a.nbytes < 16 * _PAGE:
         return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    start = a.ctypes.data
-    lo = -(-start // _PAGE) * _PAGE
-    hi = (start + a.nbytes) // _PAGE * _PAGE
-    if hi > lo:
-        _libc.madvise(lo, hi - lo, 4)  # MADV_DONTNEED
+    try:
+        probe = np.frombuffer(mm, np.uint8, count=1)
+        if probe.flags.writeable:
+            return  # a writable (private or shared) mapping: its pages may hold changes -- never advised
+        start = a.ctypes.data - probe.ctypes.data
+        lo = -(-start // _PAGE) * _PAGE
+        hi = (start + a.nbytes) // _PAGE * _PAGE
+        if hi > lo:
+            mm.madvise(_DONTNEED, lo, hi - lo)
+    except (OSError, ValueError):
+        pass
 
 
 # -- activation quantization, shared by consecutive matmuls of the same input (q/k/v, gate/up) -------------------
@@ -169,6 +195,42 @@ def _quantized(x: np.ndarray, kquant: bool):
     res = q8.quantize_q8_k(x) if kquant else q8.quantize_q8_0(x)
     _last[kquant] = (x.copy(), res)
     return res
+
+
+_prepped: dict = {}  # ggml type -> (the _quantized result it was made from, the SIMD kernel's activation arrays)
+
+
+def _simd_activations(x: np.ndarray, ggml_type: int):
+    res = _quantized(x, ggml_type in KQUANTS)
+    prev = _prepped.get(ggml_type)
+    if prev is not None and prev[0] is res:
+        return prev[1]
+    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3 if ggml_type in KQUANTS else 2])
+    _prepped[ggml_type] = (res, act)
+    return act
+
+
+def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
+    """One decode kernel call over a repacked matrix (the layout layout_name() names)."""
+    if uses_simd(ggml_type):
+        _SIMD[ggml_type].MV[ggml_type](simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+    else:
+        _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
+
+
+def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
+    """The repacked arrays of one matrix, in this process's layout for the type (see layout_name)."""
+    if uses_simd(ggml_type):
+        return _SIMD[ggml_type].repack_rows(ggml_type, raw, n_out, n_in, isa.level())
+    mod = kquants if ggml_type in KQUANTS else legacy
+    return mod.repack(ggml_type, raw, n_out, n_in, R)
+
+
+def layout_name(ggml_type: int, R: int) -> str:
+    """Names a repacked layout for the disk cache's key: family, version, type, rows per group, ISA level."""
+    if uses_simd(ggml_type):
+        return f"rows-v{_SIMD[ggml_type].LAYOUT_VERSION}-t{ggml_type}-{isa.level()}"
+    return f"group-v1-t{ggml_type}-R{R}-{isa.level()}"
 
 
 def _tile_rows(n_in: int, n_out: int) -> int:
@@ -240,7 +302,10 @@ class LinearF32(Linear):
     def __call__(self, x, out=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = self._out(x, out)
-        matmul_t(x, self.w, out)
+        if x.shape[0] <= DECODE_MAX and self.w.flags.c_contiguous:
+            dense.mv_f32(self.w, x, out)  # per-token results independent of the batch (see mv_f32)
+        else:
+            matmul_t(x, self.w, out)
         return out
 
     def _rows(self, ids):
@@ -289,12 +354,14 @@ class LinearQuant(Linear):
         """Build the row-interleaved copy now (else it is built on the first decode call, so a table that is
         only read by rows -- the token embeddings -- is never repacked). R: rows per group (default: this
         matrix's group_rows); a copy with other groups is rebuilt."""
-        if self.packed is not None and R is not None and self.packed[0].shape[-1] != R:
+        if (self.packed is not None and R is not None and not uses_simd(self.ggml_type)
+                and self.packed[0].shape[-1] != R):
             self.packed = None
         if self.packed is None and self._want_repack:
-            mod = kquants if self.kquant else legacy
-            R = R or group_rows(self.ggml_type, [self.n_out])
-            self.packed = mod.repack(self.ggml_type, self.raw, self.n_out, self.n_in, R)
+            R = R or rows_per_group(self.ggml_type, [self.n_out])
+            t, raw, n_out, n_in = self.ggml_type, self.raw, self.n_out, self.n_in
+            self.packed = repack_cache.load_or_build([raw], layout_name(t, R),
+                                                     lambda: build_packed(t, raw, n_out, n_in, R))
             drop_pages(self.raw)
 
     @property
@@ -311,7 +378,7 @@ class LinearQuant(Linear):
         if self.packed is None:
             dequant.matvec_generic(self.ggml_type, self.raw, self._round_activations(x), out, F16_TABLE)
             return
-        _MV[self.ggml_type](*self.packed, *_quantized(x, self.kquant), out)
+        _decode_packed(self.ggml_type, self.packed, x, out)
 
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
@@ -381,17 +448,22 @@ class FusedLinear:
         self.ggml_type = parts[0].ggml_type if len({p.ggml_type for p in parts}) == 1 else None
         self.nbytes = sum(p.nbytes for p in parts)
         self.offsets = np.cumsum([0] + [p.n_out for p in parts])  # column ranges of the parts in y
-        self._R = R = group_rows(self.ggml_type, [p.n_out for p in parts])
+        self._R = R = rows_per_group(self.ggml_type, [p.n_out for p in parts])
         self._fusable = (self.ggml_type in _MV and all(isinstance(p, LinearQuant) and p._want_repack for p in parts)
                          and all(p.n_out % R == 0 for p in parts[:-1]))  # padding only after the last part
         self._packed = None
 
     def _pack(self):
-        for p in self.parts:
-            p.repack(self._R)
-        n = len(self.parts[0].packed)
-        self._packed = tuple(np.concatenate([p.packed[i] for p in self.parts]) for i in range(n))
-        for p in self.parts:
+        t, R, parts = self.ggml_type, self._R, self.parts
+
+        def build():
+            packs = [p.packed if p.packed is not None and (uses_simd(t) or p.packed[0].shape[-1] == R)
+                     else build_packed(t, p.raw, p.n_out, p.n_in, R) for p in parts]
+            return tuple(np.concatenate([pk[i] for pk in packs]) for i in range(len(packs[0])))
+
+        self._packed = repack_cache.load_or_build([p.raw for p in parts], layout_name(t, R), build)
+        for p in parts:
+            drop_pages(p.raw)
             p.packed, p._want_repack = None, False
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -401,7 +473,7 @@ class FusedLinear:
         if self._fusable and x.shape[0] <= DECODE_MAX:
             if self._packed is None:
                 self._pack()
-            _MV[self.ggml_type](*self._packed, *_quantized(x, self.parts[0].kquant), out)
+            _decode_packed(self.ggml_type, self._packed, x, out)
             return out
         for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
             out[:, a:b] = p(x)

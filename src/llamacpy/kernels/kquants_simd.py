@@ -1,0 +1,241 @@
+"""Decode kernels for Q4_K and Q6_K on the SIMD layer (simd.py), one source for every level.
+
+Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)`, `mv_q4_k` / `mv_q6_k(isa,
+...)`. Q6_K's layout is described above its kernel.
+
+Q4_K layout: one int32 lane per 64-weight chunk (ggml's Q4_K: chunk c of a super-block is 32 bytes, low nibbles =
+weights 64c..64c+31 = sub-block 2c, high nibbles = the next 32 = sub-block 2c+1). With n32 = width/4 lanes,
+the chunks of a row go in groups of n32; vector step s (0..7) holds bytes 4s..4s+3 of each chunk side by side
+(as legacy_simd.py does for blocks). After the 8 steps lane k holds the two sub-blocks' q*x sums of chunk k
+(low and high nibbles in two vectors); times the sub-block scales (int32 multiply), minus the mins times the
+activations' sums (Q8_K bsums), one int->f32 conversion and per-super-block f32 scaling per vector.
+Rows are whole, in file order, padded to a multiple of n32 chunks with zero chunks (zero scales).
+    qs (n_out, nch*32) uint8; sl, sh, ml, mh (n_out, nch) uint8 -- 6-bit scale / min of sub-block 2c and 2c+1;
+    d, dmin (n_out, nch/4) uint16 (f16 bits per super-block)
+Arithmetic as llama.cpp's vec_dot_q4_K_q8_K: integer sums per sub-block times the integer scales,
+d * dx * sum(sc * isum) - dmin * dx * sum(m * bsum), with the f32 parts per chunk instead of per super-block
+(products of at most 63 * 60960 * 2 < 2**24: exact in f32).
+Must not: quantize activations (q8.py) or choose paths/levels (linear.py, isa.py).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .common import JIT, PJIT, Q4_K, Q6_K, f16_bits_to_f32
+from .kquants import _scale_min_k4
+from .simd import (WIDTH, dot_u8s8, vand, vcvt, vfma, vload_f16_x4, vload_f32, vload_i8, vload_i32, vload_u8_i32,
+                   vload_i8_i32_x4, vmul, vmul_i32, vadd, vor, vshl, vshr, vshr4, vsplat_f32, vsub, vzero_f32,
+                   vzero_i32, vhsum, width)
+
+TYPES = (Q4_K, Q6_K)
+LAYOUT_VERSION = 1
+
+
+def _nchp(n_in: int, level: str) -> int:
+    n32 = WIDTH[level] // 4
+    return -(-(n_in // 64) // n32) * n32
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _interleave(qsrc, sc, mn, dsrc, n32, qs, sl, sh, ml, mh, d, dmin):
+    """qsrc (n_out, nch, 32) chunk bytes, sc/mn (n_out, nch*2) u8, dsrc (n_out, nS, 2) f16 bits (d, dmin)."""
+    n_out, nch, _ = qsrc.shape
+    nchp = sl.shape[1]
+    for r in nb.prange(n_out):
+        for c in range(nchp):
+            g, k = c // n32, c % n32
+            real = c < nch
+            for j in range(32):
+                qs[r, g * 32 * n32 + (j // 4) * 4 * n32 + 4 * k + j % 4] = qsrc[r, c, j] if real else 0
+            sl[r, c] = sc[r, 2 * c] if real else 0
+            sh[r, c] = sc[r, 2 * c + 1] if real else 0
+            ml[r, c] = mn[r, 2 * c] if real else 0
+            mh[r, c] = mn[r, 2 * c + 1] if real else 0
+        for S in range(nchp // 4):
+            d[r, S] = dsrc[r, S, 0] if S < nch // 4 else 0
+            dmin[r, S] = dsrc[r, S, 1] if S < nch // 4 else 0
+
+
+def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) -> tuple:
+    if typ == Q6_K:
+        return _repack_q6(raw, n_out, n_in, level)
+    nS = n_in // 256
+    blk = np.asarray(raw).reshape(n_out, nS, 144)
+    sc, mn = _scale_min_k4(blk[:, :, 4:16])  # (n_out, nS, 8)
+    nchp = _nchp(n_in, level)
+    qs = np.empty((n_out, nchp * 32), np.uint8)
+    sl, sh, ml, mh = (np.empty((n_out, nchp), np.uint8) for _ in range(4))
+    d = np.empty((n_out, nchp // 4), np.uint16)
+    dmin = np.empty((n_out, nchp // 4), np.uint16)
+    dsrc = np.ascontiguousarray(blk[:, :, 0:4]).view(np.uint16)  # (n_out, nS, 2)
+    _interleave(blk[:, :, 16:144].reshape(n_out, nS * 4, 32), np.ascontiguousarray(sc).reshape(n_out, -1),
+                np.ascontiguousarray(mn).reshape(n_out, -1), dsrc, WIDTH[level] // 4, qs, sl, sh, ml, mh, d, dmin)
+    return qs, sl, sh, ml, mh, d, dmin
+
+
+@nb.njit(**JIT)
+def _prep(qx, dq, bsums, nchp, n32):
+    n_tok, n_in = qx.shape
+    nch = n_in // 64
+    xa = np.zeros((n_tok, nchp * 32), np.int8)
+    xb = np.zeros((n_tok, nchp * 32), np.int8)
+    bl = np.zeros((n_tok, nchp), np.int32)
+    bh = np.zeros((n_tok, nchp), np.int32)
+    xd = np.zeros((n_tok, nchp), np.float32)
+    for t in range(n_tok):
+        for c in range(nch):
+            g, k = c // n32, c % n32
+            for j in range(32):
+                o = g * 32 * n32 + (j // 4) * 4 * n32 + 4 * k + j % 4
+                xa[t, o] = qx[t, c * 64 + j]
+                xb[t, o] = qx[t, c * 64 + 32 + j]
+            bl[t, c] = bsums[t, 4 * c] + bsums[t, 4 * c + 1]
+            bh[t, c] = bsums[t, 4 * c + 2] + bsums[t, 4 * c + 3]
+            xd[t, c] = dq[t, c // 4]
+    return xa, xb, bl, bh, xd
+
+
+def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray) -> tuple:
+    """Q8_K activations (qx (n, n_in) int8, d (n, n_in/256) f32, bsums (n, n_in/16)) -> the kernel's arrays."""
+    if typ == Q6_K:
+        return _prep_q6(qx, dq, bsums, WIDTH[level])
+    return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
+
+
+@nb.njit(**PJIT)
+def mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
+    """y (n_tok, n_out) = W @ x; arrays as repack_rows / prep make them."""
+    H = qs.shape[1]
+    nchp = sl.shape[1]
+    nSp = d.shape[1]
+    n_tok, n_out = y.shape
+    W = width(isa)
+    n32 = W // 4
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for g in range(nchp // n32):
+                q0 = r * H + g * 8 * W
+                x0 = t * H + g * 8 * W
+                lo = vzero_i32(isa)
+                hi = vzero_i32(isa)
+                for s in range(8):
+                    w = vload_i8(isa, qs, q0 + s * W)
+                    lo = dot_u8s8(isa, lo, vand(w, 15), vload_i8(isa, xa, x0 + s * W))
+                    hi = dot_u8s8(isa, hi, vshr4(w), vload_i8(isa, xb, x0 + s * W))
+                c0 = g * n32
+                i0 = r * nchp + c0
+                j0 = t * nchp + c0
+                isum = vadd(vmul_i32(vload_u8_i32(isa, sl, i0), lo), vmul_i32(vload_u8_i32(isa, sh, i0), hi))
+                msum = vadd(vmul_i32(vload_u8_i32(isa, ml, i0), vload_i32(isa, bl, j0)),
+                            vmul_i32(vload_u8_i32(isa, mh, i0), vload_i32(isa, bh, j0)))
+                S0 = r * nSp + c0 // 4
+                v = vsub(vmul(vcvt(isum), vload_f16_x4(isa, d, S0)), vmul(vcvt(msum), vload_f16_x4(isa, dmin, S0)))
+                acc = vfma(v, vload_f32(isa, xd, j0), acc)
+            y[t, r] = vhsum(acc)
+
+
+# -- Q6_K ------------------------------------------------------------------------------------------------------
+# ggml's Q6_K half n (128 weights) of a super-block: ql[64n + l], ql[64n + 32 + l], qh[32n + l] for l < 32 give
+# the four 6-bit values of weights 128n + 32j + l (j = 0..3: low nibble of the first / second ql byte, high
+# nibble of the first / second, with qh bits 2j..2j+1 on top); scale index 8n + 2j + l // 16.
+# Here: "units" u = 0..3 of 16 l-values each (half n = u // 2, l in [16 (u % 2), +16)); one vector holds
+# width/16 units' bytes of the first ql byte (A), the second (B) and qh (H), side by side -- per super-block
+# 64/width vectors of 3 x width bytes (192 bytes: the file's 192 quant bytes, reordered). Step j of a vector
+# builds the j-th 6-bit values of all its units and dots them with the matching activations: 4 int32 lanes per
+# unit, each lane starting at -8 * bsum of its sub-block (the -32 offset: 4 lanes x 8 = 32), then multiplied
+# by the sub-block's scale (int8, stored in the order the steps read them, repeated over the 4 lanes).
+#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (read order); d (n_out, nS) uint16 (f16 bits)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _interleave_q6(blk, W, qv, sc, d):
+    n_out, nS, _ = blk.shape
+    upv = W // 16
+    nv = 4 // upv
+    for r in nb.prange(n_out):
+        for S in range(nS):
+            d[r, S] = np.uint16(blk[r, S, 208]) | (np.uint16(blk[r, S, 209]) << np.uint16(8))
+            for v in range(nv):
+                o = S * 192 + v * 3 * W
+                for p in range(upv):
+                    u = v * upv + p
+                    n, lh = u // 2, u % 2
+                    for i in range(16):
+                        qv[r, o + p * 16 + i] = blk[r, S, 64 * n + 16 * lh + i]
+                        qv[r, o + W + p * 16 + i] = blk[r, S, 64 * n + 32 + 16 * lh + i]
+                        qv[r, o + 2 * W + p * 16 + i] = blk[r, S, 128 + 32 * n + 16 * lh + i]
+                    for j in range(4):
+                        sc[r, S * 16 + v * 4 * upv + j * upv + p] = np.int8(blk[r, S, 192 + 8 * n + 2 * j + lh])
+
+
+@nb.njit(**JIT)
+def _prep_q6(qx, dq, bsums, W):
+    n_tok, n_in = qx.shape
+    nS = n_in // 256
+    upv = W // 16
+    nv = 4 // upv
+    xq = np.empty((n_tok, n_in), np.int8)
+    xo = np.empty((n_tok, nS * 64), np.int32)
+    for t in range(n_tok):
+        for S in range(nS):
+            for v in range(nv):
+                for j in range(4):
+                    for p in range(upv):
+                        u = v * upv + p
+                        n, lh = u // 2, u % 2
+                        for i in range(16):
+                            xq[t, S * 256 + v * 4 * W + j * W + p * 16 + i] = qx[t, S * 256 + 128 * n + 32 * j + 16 * lh + i]
+                        for q in range(4):
+                            xo[t, S * 64 + v * W + j * (W // 4) + p * 4 + q] = -8 * bsums[t, S * 16 + 8 * n + 2 * j + lh]
+    return xq, xo, dq
+
+
+@nb.njit(**PJIT)
+def mv_q6_k(isa, qv, sc, d, xq, xo, xd, y):
+    n_tok, n_out = y.shape
+    nS = d.shape[1]
+    W = width(isa)
+    nv = 64 // W
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for S in range(nS):
+                isum = vzero_i32(isa)
+                for v in range(nv):
+                    q0 = r * nS * 192 + S * 192 + v * 3 * W
+                    x0 = t * nS * 256 + S * 256 + v * 4 * W
+                    o0 = t * nS * 64 + S * 64 + v * W
+                    s0 = r * nS * 16 + S * 16 + v * (W // 4)
+                    A = vload_i8(isa, qv, q0)
+                    B = vload_i8(isa, qv, q0 + W)
+                    Hh = vload_i8(isa, qv, q0 + 2 * W)
+                    q = vor(vand(A, 15), vshl(vand(Hh, 3), 4))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0), q, vload_i8(isa, xq, x0))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0)))
+                    q = vor(vand(B, 15), vshl(vand(Hh, 12), 2))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 4), q, vload_i8(isa, xq, x0 + W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 16)))
+                    q = vor(vshr4(A), vand(Hh, 48))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 2), q, vload_i8(isa, xq, x0 + 2 * W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 8)))
+                    q = vor(vshr4(B), vshr(vand(Hh, 192), 2))
+                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + 3 * W // 4), q, vload_i8(isa, xq, x0 + 3 * W))
+                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + 3 * W // 16)))
+                acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
+            y[t, r] = vhsum(acc)
+
+
+def _repack_q6(raw, n_out, n_in, level):
+    nS = n_in // 256
+    blk = np.asarray(raw).reshape(n_out, nS, 210)
+    qv = np.empty((n_out, nS * 192), np.uint8)
+    sc = np.empty((n_out, nS * 16), np.int8)
+    d = np.empty((n_out, nS), np.uint16)
+    _interleave_q6(blk, WIDTH[level], qv, sc, d)
+    return qv, sc, d
+
+
+MV = {Q4_K: mv_q4_k, Q6_K: mv_q6_k}
