@@ -145,7 +145,7 @@ def test_chat_completion_stops_at_the_template_stop_string(chatml_model, monkeyp
 
     llm = Llama(str(chatml_model), n_ctx=256, verbose=False)
     script = llm.tokenize(b"Sure, Tom.<|im_end|>\n<|im_start|>user", add_bos=False)
-    monkeypatch.setattr(llm._require_model(), "generate", lambda *a, **k: iter(script))
+    monkeypatch.setattr("llamacpy.engine.Sampler", lambda *a, **k: ScriptedSampler(script))
     r = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=len(script) + 5)
     assert r["choices"][0]["message"]["content"] == " Sure, Tom."  # the SPM piece "▁Sure" keeps its space
     assert r["choices"][0]["finish_reason"] == "stop"
@@ -157,3 +157,23 @@ def test_reverse_prompt_halts_without_interactive(run):
     assert out.returncode == 0, out.stderr.decode()
     text = out.stdout.decode()
     assert text.rstrip("\n").endswith("Lily") and text.count("Lily") == 1
+
+
+class ScriptedSampler:
+    """Stands in for sampling.Sampler in the engine: returns the scripted tokens in order, whatever the logits."""
+
+    def __init__(self, script):
+        self._next = iter(script)
+
+    def sample(self, logits):
+        return next(self._next)
+
+    def accept(self, token, accept_grammar=None):
+        pass
+
+    def token_prob(self, token):
+        return 1.0
+
+    def top_probs(self, n):
+        return []
+
