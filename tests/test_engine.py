@@ -1,6 +1,7 @@
 """The serving engine on stories260K: batching is exact, slots are reused by prefix, cancel/queue/shift/stop."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -199,3 +200,62 @@ def test_embed_runs_between_requests(model, tok):
     model.reset_cache(1, 64)
     hidden = model.forward_batch(toks, range(len(toks)), [0] * len(toks), "hidden")
     np.testing.assert_allclose(e1, hidden.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_llama_completions_from_threads_are_batched():
+    """Four threads on one Llama: each gets the text it gets alone, and the engine decoded them together."""
+    from llamacpy import Llama
+
+    llm = Llama(str(models_dir() / "stories260K.gguf"), n_ctx=256, verbose=False, n_parallel=4)
+    try:
+        prompts = PROMPTS[:4]
+        alone = [llm(p, max_tokens=60, temperature=0)["choices"][0]["text"] for p in prompts]
+        steps0 = llm._engine.metrics()["n_decode_total"]
+        got = [None] * 4
+        barrier = threading.Barrier(4)
+
+        def work(i):
+            barrier.wait()
+            got[i] = llm(prompts[i], max_tokens=60, temperature=0)["choices"][0]["text"]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert got == alone
+        m = llm._engine.metrics()
+        assert m["n_decode_total"] - steps0 < 4 * 60 and m["requests_processing"] == 0
+        it = llm.create_completion(prompts[0], max_tokens=60, temperature=0, stream=True)
+        next(it)
+        it.close()  # a stream dropped early frees its slot
+        for _ in range(1000):  # freed at the engine's next step
+            if llm._engine.metrics()["requests_processing"] == 0:
+                break
+            time.sleep(0.01)
+        assert all(not s["is_processing"] for s in llm._engine.slots())
+    finally:
+        llm.close()
+
+
+def test_failed_step_ends_its_requests_and_the_engine_goes_on(model, tok, monkeypatch):
+    eng = Engine(model, tok, n_slots=2)
+    try:
+        real = model.forward_batch
+        calls = {"n": 0}
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return real(*a, **k)
+
+        monkeypatch.setattr(model, "forward_batch", flaky)
+        _, _, f = _collect(eng.submit(_req(tok, "Once upon a time", n_predict=3)))
+        assert f.finish_reason == "error" and "boom" in f.error
+        _, _, f = _collect(eng.submit(_req(tok, "Once upon a time", n_predict=3)))
+        assert f.finish_reason == "length" and f.timings["predicted_n"] == 3 and f.timings["n_cached"] == 0
+        _, _, f = _collect(eng.submit(_req(tok, "The cat", n_predict=0)))  # n_predict 0: the prompt is cached
+        assert f.finish_reason == "length" and f.timings["predicted_n"] == 0 and f.text == ""
+    finally:
+        eng.shutdown()

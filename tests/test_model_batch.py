@@ -91,3 +91,47 @@ def test_batch_errors(model):
         model.forward_batch([1, 2], [0, 5], [0, 1])
     with pytest.raises(ValueError, match="sequence id 9"):
         model.forward_batch([1], [0], [9])
+
+
+def test_kv_cache_is_f16_grown_as_used_and_kept_apart():
+    """The cache holds f16 bits, takes blocks as sequences grow (not n_seq x n_ctx up front), gives them back on
+    clear/truncate, and one sequence's cells are bit for bit what that sequence computes alone."""
+    m = LlamaModel.load(models_dir() / "stories260K-Q4_0.gguf", n_ctx=512, n_seq=4)
+    kv = m.kv
+    assert kv.k_pool[0].dtype == np.uint16 and kv.nbytes == 0
+    prompts = _prompts(3, (40, 7, 70, 2))
+    for s, p in enumerate(prompts):
+        m.forward(p, seq_id=s)
+    alone = [kv.gather(1, s, len(p)) for s, p in enumerate(prompts)]
+    cells = sum(-(-len(p) // 32) * 32 for p in prompts)
+    assert kv.nbytes >= cells * 2 * m.cfg.n_layer * m.cfg.n_head_kv * (m.cfg.head_dim_k + m.cfg.head_dim_v) // 2
+    assert kv.capacity_blocks < kv.n_seq * kv.max_blocks
+    kv.clear()
+    assert sorted(kv.free) == list(range(kv.capacity_blocks))
+    m.forward_batch(*_batch(prompts, [0] * 4), logits="none")
+    for s, p in enumerate(prompts):
+        k, v = kv.gather(1, s, len(p))
+        np.testing.assert_array_equal(k, alone[s][0])
+        np.testing.assert_array_equal(v, alone[s][1])
+        np.testing.assert_array_equal(k, k.astype(np.float16).astype(np.float32))
+    kv.truncate(2, 33)
+    assert kv.n_blocks[2] == 2 and kv.n_used[2] == 33
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-Q8_0", "tiny-llama-Q4_1", "tiny-llama-Q5_0", "tiny-llama-Q5_1",
+                                  "tiny-llama-Q2_K", "tiny-llama-Q3_K_S", "tiny-llama-Q5_K_M", "tiny-llama-Q6_K",
+                                  "llama3-style-f16"])
+def test_decode_kernels_compute_rows_independently(name):
+    """What kernels/batch.py relies on, per weight type: a decode call on up to DECODE_MAX rows gives each row
+    bit for bit what a one-row call gives (the types and their repacked/fused forms as the model uses them)."""
+    from llamacpy.kernels.batch import rows_independent
+
+    m = LlamaModel.load(models_dir() / f"{name}.gguf", n_ctx=16)
+    L = m.layers[-1]
+    rng = np.random.default_rng(0)
+    for lin in (L.wqkv, L.wo, L.w_gate_up, L.w_down, m.output):
+        assert rows_independent(lin)
+        x = rng.standard_normal((DECODE_MAX, lin.n_in)).astype(np.float32)
+        y = lin(x)
+        for i in range(DECODE_MAX):
+            np.testing.assert_array_equal(y[i], lin(x[i:i + 1])[0], err_msg=f"{name} {lin.name} row {i}")

@@ -3,21 +3,27 @@
 Owns: loading (model + tokenizer from one GGUF), tokenize/detokenize, eval/scores, generate, and the
 OpenAI-shaped `create_completion` / `__call__` (plain or streamed). Chat completion lives in chat.py.
 Must not: implement math or sampling (model.py, sampling.py) or argument parsing (cli_run.py).
+
+Threads: a `Llama` runs its model on the thread of its `Engine` (engine.py) only. Completions from several
+threads at once go to the engine's `n_parallel` slots and are decoded together in one batched forward per step,
+not one after the other; each gets what it would get alone. The low-level eval/generate/reset run on the engine
+thread too, on a sequence of their own (`input_ids`/`scores` are that sequence's, not the completions').
 """
 
 from __future__ import annotations
 
-import codecs
 import os
 import sys
+import threading
 import time
 import uuid
 from typing import Iterator
 
 import numpy as np
 
+from .engine import CompletionRequest, Engine
 from .errors import ContextError, GGUFError
-from .generation import Session, StopMatcher, Timings
+from .generation import Session, Timings
 from .gguf_file import GGUFFile
 from .model import LlamaModel
 from .sampling import Sampler, SamplingParams
@@ -35,6 +41,7 @@ class Llama:
         vocab_only: bool = False,
         verbose: bool = True,
         n_batch: int = 512,
+        n_parallel: int = 4,
         **_ignored,
     ):
         self.model_path = os.fspath(model_path)
@@ -47,9 +54,15 @@ class Llama:
         self.tokenizer = load_tokenizer(self._gguf.metadata, self.model_path)
         self.model: LlamaModel | None = None
         self._session: Session | None = None
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
         if not vocab_only:
             self.model = LlamaModel(self._gguf, n_ctx=n_ctx, n_threads=n_threads)
-            self._session = Session(self.model, n_batch=n_batch, timings=self.timings)
+            # every slot may use the whole window (the cache grows as used); one more sequence for eval/generate
+            self._engine = Engine(self.model, self.tokenizer, n_slots=max(1, int(n_parallel)), n_batch=n_batch,
+                                  n_ubatch=n_batch, n_ctx_slot=self.model.n_ctx, queue_size=1 << 20, n_aux_seq=1)
+            self._session = Session(self.model, n_batch=n_batch, seq_id=self._engine.aux_seq(0),
+                                    timings=self.timings)
         self.timings.load_s = time.perf_counter() - t0
         self.timings.reset()
         self._scores: list[np.ndarray] = []  # logits rows of evaluated positions (all with logits_all, else last)
@@ -111,13 +124,14 @@ class Llama:
     # -- evaluation ------------------------------------------------------------------------------------
     def reset(self) -> None:
         if self._session:
-            self._session.reset()
+            self._engine.run(self._session.reset)
         self._scores = []
 
     def eval(self, tokens) -> None:
         """Evaluate tokens after those already evaluated (as llama-cpp-python's `eval`)."""
         session = self._require_model()
-        logits = session.eval(list(tokens), all_logits=self.logits_all)
+        tokens = list(tokens)
+        logits = self._engine.run(lambda: session.eval(tokens, all_logits=self.logits_all))
         if self.logits_all:
             del self._scores[len(session.tokens) - len(logits):]
             self._scores.append(logits)
@@ -145,7 +159,13 @@ class Llama:
         session = self._require_model()
         sampler = Sampler(self._sampling(temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
                                          presence_penalty, seed, logit_bias, repeat_last_n), self.n_vocab())
-        yield from session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
+        gen = session.generate(list(tokens), sampler, n_predict=-1, reuse_prefix=reset, context_shift=False)
+        done = object()
+        while True:  # each step on the engine thread
+            tok = self._engine.run(lambda: next(gen, done))
+            if tok is done:
+                return
+            yield tok
 
     def _sampling(self, temp, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty, presence_penalty,
                   seed, logit_bias, repeat_last_n: int = 64) -> SamplingParams:
@@ -207,7 +227,7 @@ class Llama:
         return create_chat_completion(self, messages, **kwargs)
 
     def _completion_chunks(self, prompt, max_tokens, params: SamplingParams, stops: list[str], echo: bool):
-        session = self._require_model()
+        self._require_model()
         if isinstance(prompt, str):
             prompt_tokens = self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else [
                 self.token_bos()]
@@ -230,36 +250,55 @@ class Llama:
 
         if echo:
             yield chunk(self.detokenize(prompt_tokens).decode("utf-8", errors="replace"))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        matcher = StopMatcher(stops)
-        sampler = Sampler(params, self.n_vocab())
+        if max_tokens <= 0:  # the prompt fills the window: nothing can be generated
+            yield chunk("", "length", usage={"prompt_tokens": len(prompt_tokens), "completion_tokens": 0,
+                                             "total_tokens": len(prompt_tokens)})
+            return
+        # the engine ends at n_ctx - len(prompt) tokens without context shift, as the old loop did
+        req = CompletionRequest(prompt_tokens, n_predict=max_tokens, params=params, stop=stops, context_shift=False)
+        handle = self._engine.submit(req)
         n_out = 0
         finish = "length"
-        stopped = False
-        for tok in session.generate(prompt_tokens, sampler, n_predict=max_tokens, is_eog=self.tokenizer.is_eog,
-                                    context_shift=False):
-            if self.tokenizer.is_eog(tok):
-                finish = "stop"
-                break
-            n_out += 1
-            text, stopped = matcher.feed(decoder.decode(self.tokenizer.token_to_piece(tok, special=False)))
-            if text:
-                yield chunk(text)
-            if stopped:
-                finish = "stop"
-                break
-        if not stopped:  # emit what was held back as a possible stop-string prefix, and any partial character
-            tail, _ = matcher.feed(decoder.decode(b"", final=True))
-            tail += matcher.flush()
-            if tail:
-                yield chunk(tail)
+        try:
+            for ev in handle:
+                if ev.token is not None:
+                    n_out += 1
+                if ev.error:
+                    raise RuntimeError(f"generation failed: {ev.error}")
+                if ev.finish_reason is not None:
+                    self._add_timings(ev.timings or {})
+                    if ev.text:
+                        yield chunk(ev.text)
+                    finish = "stop" if ev.finish_reason == "stop" else "length"
+                    break
+                if ev.text:
+                    yield chunk(ev.text)
+        finally:
+            handle.cancel()  # a consumer that stops early frees the slot (no-op once finished)
         usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
                  "total_tokens": len(prompt_tokens) + n_out}
         yield chunk("", finish, usage=usage)
+
+    def _add_timings(self, t: dict) -> None:
+        with self._lock:
+            tm = self.timings
+            tm.prompt_s += t.get("prompt_ms", 0.0) / 1e3
+            tm.n_prompt += t.get("prompt_n", 0)
+            tm.eval_s += t.get("predicted_ms", 0.0) / 1e3
+            tm.n_eval += max(0, t.get("predicted_n", 0) - 1)  # the first token comes with the prompt's logits
+            tm.n_sample += t.get("predicted_n", 0)
 
     def print_timings(self) -> None:
         print(self.timings.report(), file=sys.stderr)
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+        self._engine = None
         self.model = None
         self._session = None
+
+    def __del__(self):
+        eng = getattr(self, "_engine", None)
+        if eng is not None:
+            eng.shutdown(timeout=0)

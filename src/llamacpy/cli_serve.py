@@ -15,6 +15,7 @@ import sys
 import threading
 
 from .cli_run import UsageError, _alias, _Parser, parse_logit_bias
+from .errors import LlamacpyError
 from .sampling import SamplingParams
 
 
@@ -182,11 +183,20 @@ def serve(cfg) -> int:
                                access_log=cfg.verbose, lifespan="off", timeout_graceful_shutdown=1,
                                timeout_keep_alive=5, backlog=2048)
     server = _Server(uv_config, state)
+
+    def load_failed():  # llama-server exits when the model does not load; so do we, with the reason
+        server.should_exit = True
+
+    state.on_load_failed = load_failed
     server.run()
     state.shutdown(timeout=1.0)
-    if state.status == "failed" and not server.exit_requested:
-        return 1
+    if state.status == "failed":
+        raise ServeError(f"cannot load {cfg.model}: {state.error}")
     return 0
+
+
+class ServeError(LlamacpyError):
+    pass
 
 
 class _Server:

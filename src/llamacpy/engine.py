@@ -88,14 +88,18 @@ class RequestHandle:
         self._on_event = on_event
         self.cancelled = False
         self.done = False  # the final event was sent
+        self._lock = threading.Lock()
 
     def _put(self, ev: TokenEvent) -> None:
-        if ev.finish_reason is not None:
-            self.done = True
-        if self._on_event is not None:
-            self._on_event(ev)
-        else:
-            self._events.put(ev)
+        with self._lock:  # nothing after the final event (shutdown may end a request from another thread)
+            if self.done:
+                return
+            if ev.finish_reason is not None:
+                self.done = True
+            if self._on_event is not None:
+                self._on_event(ev)
+            else:
+                self._events.put(ev)
 
     def get(self, timeout: float | None = None) -> TokenEvent | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -147,7 +151,7 @@ class Engine:
     (default: the model's n_ctx split evenly, as llama-server's -c / -np). The engine thread starts here."""
 
     def __init__(self, model, tokenizer, n_slots: int = 1, n_batch: int = 2048, queue_size: int = 64,
-                 n_ctx_slot: int | None = None, n_ubatch: int = 512):
+                 n_ctx_slot: int | None = None, n_ubatch: int = 512, n_aux_seq: int = 0):
         if n_slots < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots}")
         self.model = model
@@ -161,12 +165,14 @@ class Engine:
             raise ContextError(f"context per slot {self.n_ctx_slot} is too small ({model.n_ctx} over {n_slots} slots)")
         self.n_vocab = tokenizer.n_vocab
         self.embd_seq = self.n_slots  # the sequence embeddings are computed in
-        model.reset_cache(self.n_slots + 1, self.n_ctx_slot)
+        # sequences after it are left to callers of run() (aux_seq(i)): Llama's low-level eval/generate
+        self.n_aux_seq = max(0, int(n_aux_seq))
+        model.reset_cache(self.n_slots + 1 + self.n_aux_seq, self.n_ctx_slot)
         self.pooling = _pooling_type(model)
         self._slots = [_Slot(i) for i in range(self.n_slots)]
         self._waiting: deque[RequestHandle] = deque()
         self._jobs: deque = deque()
-        self._cv = threading.Condition()
+        self._cv = threading.Condition(threading.RLock())
         self._stop = False
         self._n_busy = 0
         self._task_id = 0
@@ -219,6 +225,19 @@ class Engine:
         if len(toks) > self.n_ctx_slot:
             raise ContextError(f"input is too large to process ({len(toks)} tokens, context {self.n_ctx_slot})")
         return self._call(lambda: self._embed(toks))
+
+    def aux_seq(self, i: int = 0) -> int:
+        """The KV sequence id of auxiliary sequence i (0 <= i < n_aux_seq), free for run() callers."""
+        if not 0 <= i < self.n_aux_seq:
+            raise ValueError(f"auxiliary sequence {i} of {self.n_aux_seq}")
+        return self.n_slots + 1 + i
+
+    def run(self, fn):
+        """fn() on the engine thread between steps; returns its result or raises its exception. For callers that
+        need the model directly (on an aux_seq sequence): the model is never entered from two threads."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        return self._call(fn)
 
     def _call(self, fn):
         done = threading.Event()
@@ -274,8 +293,15 @@ class Engine:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        if threading.current_thread() is self._thread:
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # still inside a long step: end the requests now, from here
+            with self._cv:
+                handles = [sl.handle for sl in self._slots if sl.handle is not None] + list(self._waiting)
+            for h in handles:
+                h.cancelled = True
+                h._put(TokenEvent(None, "", finish_reason="cancelled"))
 
     def _wake(self) -> None:
         with self._cv:
@@ -283,6 +309,9 @@ class Engine:
 
     # -- the engine thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        from .kernels import set_num_threads
+
+        set_num_threads(self.model.n_threads)  # numba's thread count is per calling thread
         while True:
             with self._cv:
                 while not (self._stop or self._jobs or self._work_pending()):
@@ -352,7 +381,12 @@ class Engine:
                 sl.state = "prompt"
                 self._n_busy += 1
                 self._m["requests_total"] += 1
-                self._start(sl)
+                try:
+                    self._start(sl)
+                except Exception as e:  # noqa: BLE001 -- reported on the request, the engine goes on
+                    sl.n_prompt = sl.n_cached = sl.n_decoded = 0
+                    sl.t_prompt, sl.t_gen = time.perf_counter(), None
+                    self._finish(sl, "error", error=f"{type(e).__name__}: {e}")  # _cv is re-entrant
             self._waiting = keep
 
     def _start(self, sl: _Slot) -> None:
@@ -453,6 +487,9 @@ class Engine:
             if kind == "prompt":
                 sl.state = "gen"
                 sl.t_gen = time.perf_counter()
+                if sl.handle.request.n_predict == 0:  # the prompt is only cached (llama-server: n_predict 0)
+                    self._finish(sl, "length")
+                    continue
             self._sample(sl, logits[gi])
 
     def _shift(self, sl: _Slot) -> None:

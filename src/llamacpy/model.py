@@ -44,29 +44,110 @@ def physical_cores() -> int:
 
 
 class KVCache:
-    """Keys and values per layer and sequence: k[layer][seq] (n_head_kv, n_ctx, head_dim_k) float32 holding
-    f16-rounded values (llama.cpp's default F16 cache precision). `n_used[seq]` cells are filled."""
+    """Keys and values of n_seq sequences of up to n_ctx cells each, as f16 bits (llama.cpp's default F16 cache),
+    paged: per layer a pool k_pool[il] (n_blocks, n_head_kv, KV_BLOCK, head_dim_k) uint16 (v_pool likewise) and
+    `table` (n_seq, max_blocks) int32, the blocks of each sequence in cell order (kernels/ops.py). Blocks are
+    taken as a sequence grows and given back when it is truncated or cleared; the pools grow (layer by layer, so
+    the copy never holds two whole caches) when no free block is left, and never past n_seq * n_ctx cells.
+    `n_used[seq]` cells are filled."""
+
+    GROW_MIN_BLOCKS = 8
 
     def __init__(self, cfg: LlamaConfig, n_ctx: int, n_seq: int = 1):
-        self.n_ctx = n_ctx
-        self.n_seq = n_seq
-        shape_k = (cfg.n_layer, n_seq, cfg.n_head_kv, n_ctx, cfg.head_dim_k)
-        shape_v = (cfg.n_layer, n_seq, cfg.n_head_kv, n_ctx, cfg.head_dim_v)
-        self.k = np.zeros(shape_k, dtype=np.float32)
-        self.v = np.zeros(shape_v, dtype=np.float32)
-        self.n_used = [0] * n_seq
+        self.cfg = cfg
+        self.n_ctx = int(n_ctx)
+        self.n_seq = int(n_seq)
+        self.max_blocks = -(-self.n_ctx // ops.KV_BLOCK)
+        self.table = np.full((self.n_seq, self.max_blocks), -1, dtype=np.int32)  # (n_seq, max_blocks)
+        self.n_blocks = [0] * self.n_seq  # blocks held per sequence
+        self.n_used = [0] * self.n_seq
+        self.k_pool = [self._alloc(0, cfg.head_dim_k) for _ in range(cfg.n_layer)]
+        self.v_pool = [self._alloc(0, cfg.head_dim_v) for _ in range(cfg.n_layer)]
+        self.free: list[int] = []
+
+    def _alloc(self, n_blocks: int, d: int) -> np.ndarray:
+        return np.zeros((n_blocks, self.cfg.n_head_kv, ops.KV_BLOCK, d), dtype=np.uint16)
+
+    @property
+    def capacity_blocks(self) -> int:
+        return self.k_pool[0].shape[0] if self.k_pool else 0
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(a.nbytes for a in self.k_pool) + sum(a.nbytes for a in self.v_pool)
+
+    def reserve(self, seq_id: int, n_cells: int) -> None:
+        """Make sure cells 0..n_cells-1 of a sequence have blocks."""
+        if n_cells > self.n_ctx:
+            raise ContextError(f"{n_cells} tokens do not fit the context window of {self.n_ctx}")
+        need = -(-n_cells // ops.KV_BLOCK)
+        have = self.n_blocks[seq_id]
+        if need <= have:
+            return
+        if len(self.free) < need - have:
+            self._grow(need - have - len(self.free))
+        for i in range(have, need):
+            self.table[seq_id, i] = self.free.pop()
+        self.n_blocks[seq_id] = need
+
+    def _grow(self, n_more: int) -> None:
+        cap = self.capacity_blocks
+        limit = self.n_seq * self.max_blocks
+        new_cap = min(limit, max(cap + n_more, cap + max(cap // 2, self.GROW_MIN_BLOCKS)))
+        for pools, d in ((self.k_pool, self.cfg.head_dim_k), (self.v_pool, self.cfg.head_dim_v)):
+            for il in range(len(pools)):
+                a = self._alloc(new_cap, d)
+                a[:cap] = pools[il]
+                pools[il] = a  # the old layer's pool is freed here, before the next layer is copied
+        self.free.extend(range(new_cap - 1, cap - 1, -1))  # pop() hands out the lowest block first
+
+    def _release(self, seq_id: int) -> None:
+        """Give back the blocks past the cells in use."""
+        keep = -(-self.n_used[seq_id] // ops.KV_BLOCK)
+        for i in range(self.n_blocks[seq_id] - 1, keep - 1, -1):
+            self.free.append(int(self.table[seq_id, i]))
+            self.table[seq_id, i] = -1
+        self.n_blocks[seq_id] = min(self.n_blocks[seq_id], keep)
 
     def clear(self, seq_id: int | None = None) -> None:
         for s in range(self.n_seq) if seq_id is None else [seq_id]:
             self.n_used[s] = 0
+            self._release(s)
 
     def truncate(self, seq_id: int, n: int) -> None:
         """Keep only the first n cells (positions 0..n-1) of a sequence."""
         self.n_used[seq_id] = min(self.n_used[seq_id], max(0, n))
+        self._release(seq_id)
+
+    def gather(self, il: int, seq_id: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n cells of a sequence in layer il as f32: k (n_head_kv, n, dk), v (n_head_kv, n, dv)."""
+        cfg = self.cfg
+        k = np.empty((cfg.n_head_kv, n, cfg.head_dim_k), np.float32)
+        v = np.empty((cfg.n_head_kv, n, cfg.head_dim_v), np.float32)
+        ops.gather_kv(self.k_pool[il], self.table[seq_id], n, k)
+        ops.gather_kv(self.v_pool[il], self.table[seq_id], n, v)
+        return k, v
+
+    def _dense(self, which: int) -> np.ndarray:
+        """(n_layer, n_seq, n_head_kv, max n_used, d) f32 copy of the cells in use (for inspection and tests)."""
+        n = max(self.n_used) if self.n_used else 0
+        cfg = self.cfg
+        d = cfg.head_dim_k if which == 0 else cfg.head_dim_v
+        out = np.zeros((cfg.n_layer, self.n_seq, cfg.n_head_kv, n, d), np.float32)
+        for il in range(cfg.n_layer):
+            for s in range(self.n_seq):
+                if self.n_used[s]:
+                    out[il, s, :, :self.n_used[s]] = self.gather(il, s, self.n_used[s])[which]
+        return out
+
+    @property
+    def k(self) -> np.ndarray:
+        """A copy: keys of the cells in use, (n_layer, n_seq, n_head_kv, max n_used, dk) f32."""
+        return self._dense(0)
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._dense(1)
 
 
 @dataclass
@@ -235,7 +316,11 @@ class LlamaModel:
             r += b - a
         spans = [(a, b) for _, a, b in pgroups]
         calls = {True: plan_calls(True, spans), False: plan_calls(False, spans)}
-        rows = positions[perm]  # rope table rows
+        rows = positions[perm]  # rope table rows = cache cells
+        seqs_p = seq_ids[perm]
+        n_small = sum(b - a for _, a, b in pgroups if b - a <= DECODE_MAX)
+        for s, a, b in pgroups:
+            kv.reserve(s, kv.n_used[s] + b - a)
         x = self.tok_embd.get_rows(tokens[perm])  # (n, n_embd)
         h = np.empty_like(x)
         attn = np.empty((n, cfg.n_head * cfg.head_dim_v), dtype=np.float32)
@@ -250,11 +335,16 @@ class LlamaModel:
             q, k, v = L.wqkv.split(mm(L.wqkv, h))  # (n, n_head * dk), (n, n_head_kv * dk), (n, n_head_kv * dv)
             ops.rope_inplace(q, cfg.n_head, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
             ops.rope_inplace(k, cfg.n_head_kv, cfg.head_dim_k, cfg.n_rot, self.rope_cos, self.rope_sin, rows)
+            k_pool, v_pool = kv.k_pool[il], kv.v_pool[il]
+            ops.store_kv_paged(k, v, k_pool, v_pool, kv.table, seqs_p, rows)
+            if n_small:  # every row of the small groups in one call, each over its own sequence's cells
+                ops.attention_paged(q[:n_small], k_pool, v_pool, kv.table, seqs_p, rows, cfg.n_head, scale,
+                                    attn[:n_small])
             for s, a, b in pgroups:
-                start = kv.n_used[s]
-                k_cache, v_cache = kv.k[il, s], kv.v[il, s]
-                ops.store_kv(k[a:b], v[a:b], k_cache, v_cache, start)
-                ops.attention(q[a:b], k_cache, v_cache, start, cfg.n_head, scale, attn[a:b])
+                if b - a > DECODE_MAX:  # a prompt chunk: as `forward` of it alone (BLAS from ATTN_BLAS_MIN_TOKENS)
+                    start = kv.n_used[s]
+                    kf, vf = kv.gather(il, s, start + b - a)
+                    ops.attention(q[a:b], kf, vf, start, cfg.n_head, scale, attn[a:b])
             ops.add_inplace(x, mm(L.wo, attn))
             ops.rms_norm(x, L.ffn_norm, cfg.rms_eps, h)
             gate, up = L.w_gate_up.split(mm(L.w_gate_up, h))  # (n, n_ff) each
@@ -295,8 +385,9 @@ class LlamaModel:
         cos, sin = ops.rope_angles(np.array([-n_discard]), cfg.n_rot, cfg.rope_freq_base, cfg.rope_freq_scale,
                                    self.freq_factors)
         for il in range(cfg.n_layer):
-            ops.shift_kv(kv.k[il, seq_id], kv.v[il, seq_id], n_keep, n_discard, n_used, cos, sin, cfg.n_rot)
-        kv.n_used[seq_id] = n_used - n_discard
+            ops.shift_kv_paged(kv.k_pool[il], kv.v_pool[il], kv.table[seq_id], n_keep, n_discard, n_used, cos, sin,
+                               cfg.n_rot)
+        kv.truncate(seq_id, n_used - n_discard)
 
     @property
     def n_vocab(self) -> int:

@@ -1,6 +1,11 @@
 """Per-layer element-wise and attention kernels (numba): RMSNorm, RoPE, causal attention over the KV cache,
 SwiGLU, residual adds.
 
+The KV cache (model.KVCache) is paged f16: per layer a pool of blocks (n_blocks, n_head_kv, KV_BLOCK, d) uint16
+holding float16 bits, and a table (n_seq, max_blocks) int32 of each sequence's blocks: cell c of sequence s is
+row c % KV_BLOCK of block table[s, c // KV_BLOCK]. The kernels convert the bits in registers (vcvtph2ps /
+vcvtps2ph), so the values are exactly the f16-rounded ones an f32 cache held before.
+
 Owns: the non-matmul math of a llama block, each a single compiled call over a whole batch of tokens
 (no Python loops over heads or tokens). Must not: know about tensors' file types or the model layout.
 """
@@ -12,7 +17,14 @@ import math
 import numba as nb
 import numpy as np
 
-from .common import f32_round_f16
+from numba.core import types as _types
+from numba.extending import intrinsic as _intrinsic
+from llvmlite import ir as _ir
+
+from .common import f16_bits_to_f32, f32_round_f16
+
+KV_BLOCK_SHIFT = 5
+KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
 
 _JIT = dict(cache=True, nogil=True, fastmath=True)
 
@@ -248,3 +260,120 @@ def add_inplace(x, y):
     for t in range(n):
         for i in range(d):
             x[t, i] += y[t, i]
+
+
+# -- the paged f16 KV cache ---------------------------------------------------------------------------------------
+@_intrinsic
+def f32_to_f16_bits(typingctx, v):
+    """float32 -> the bits of the nearest float16 (ties to even, overflow to inf): LLVM fptrunc, vcvtps2ph."""
+    sig = _types.uint16(_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], _ir.HalfType()), _ir.IntType(16))
+
+    return sig, codegen
+
+
+@nb.njit(**_JIT)
+def store_kv_paged(k, v, k_pool, v_pool, table, seqs, cells):
+    """Write new keys/values as f16 bits at each row's (sequence, cell).
+    k: (n_tokens, n_head_kv * dk); v: (n_tokens, n_head_kv * dv); k_pool: (n_blocks, n_head_kv, KV_BLOCK, dk)."""
+    n = k.shape[0]
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    for t in range(n):
+        c = cells[t]
+        blk = table[seqs[t], c >> KV_BLOCK_SHIFT]
+        off = c & (KV_BLOCK - 1)
+        for h in range(n_head_kv):
+            for i in range(dk):
+                k_pool[blk, h, off, i] = f32_to_f16_bits(k[t, h * dk + i])
+            for i in range(dv):
+                v_pool[blk, h, off, i] = f32_to_f16_bits(v[t, h * dv + i])
+
+
+@nb.njit(parallel=True, **_JIT)
+def attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out):
+    """Causal attention of each row over its own sequence's cells 0..cells[t] (its own key included; already
+    stored), grouped-query KV heads; q rounded to f16 and the probabilities rounded to f16 as llama.cpp's
+    F16-cache KQ/KQV products do. Each row is computed alone (one (row, head) job): its result does not depend
+    on the other rows.  q: (n_tokens, n_head * dk); out: (n_tokens, n_head * dv)."""
+    n = q.shape[0]
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    group = n_head // n_head_kv
+    for job in nb.prange(n * n_head):
+        t = job // n_head
+        h = job % n_head
+        kvh = h // group
+        s_id = seqs[t]
+        n_kv = cells[t] + 1
+        scores = np.empty(n_kv, dtype=np.float32)
+        qoff = h * dk
+        qh = np.empty(dk, dtype=np.float32)
+        for i in range(dk):
+            qh[i] = f32_round_f16(q[t, qoff + i])
+        mx = -np.inf
+        for j in range(n_kv):
+            blk = table[s_id, j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            s = np.float32(0.0)
+            for i in range(dk):
+                s += qh[i] * f16_bits_to_f32(k_pool[blk, kvh, off, i])
+            s *= scale
+            scores[j] = s
+            if s > mx:
+                mx = s
+        tot = np.float32(0.0)
+        for j in range(n_kv):
+            e = np.float32(math.exp(scores[j] - mx))
+            scores[j] = e
+            tot += e
+        inv = np.float32(1.0) / tot
+        ooff = h * dv
+        acc = np.zeros(dv, dtype=np.float32)
+        for j in range(n_kv):
+            blk = table[s_id, j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            p = f32_round_f16(scores[j] * inv)
+            for i in range(dv):
+                acc[i] += p * f16_bits_to_f32(v_pool[blk, kvh, off, i])
+        for i in range(dv):
+            out[t, ooff + i] = acc[i]
+
+
+@nb.njit(parallel=True, **_JIT)
+def gather_kv(pool, table_row, n, out):
+    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d)."""
+    _, n_head_kv, _, d = pool.shape
+    for h in nb.prange(n_head_kv):
+        for j in range(n):
+            blk = table_row[j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
+            for i in range(d):
+                out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
+
+
+@nb.njit(**_JIT)
+def shift_kv_paged(k_pool, v_pool, table_row, keep, n_discard, n_used, cos, sin, n_rot):
+    """Context shift of one sequence: drop cells keep..keep+n_discard-1, move the later cells down and
+    re-rotate their keys by -n_discard positions (cos/sin: (1, n_rot/2) of that offset), keys re-rounded to f16."""
+    _, n_head_kv, _, dk = k_pool.shape
+    dv = v_pool.shape[3]
+    half = n_rot // 2
+    for j in range(keep + n_discard, n_used):
+        d = j - n_discard
+        sb = table_row[j >> KV_BLOCK_SHIFT]
+        so = j & (KV_BLOCK - 1)
+        db = table_row[d >> KV_BLOCK_SHIFT]
+        do = d & (KV_BLOCK - 1)
+        for h in range(n_head_kv):
+            for i in range(dk):
+                k_pool[db, h, do, i] = k_pool[sb, h, so, i]
+            for i in range(dv):
+                v_pool[db, h, do, i] = v_pool[sb, h, so, i]
+            for i in range(half):
+                a = f16_bits_to_f32(k_pool[db, h, do, 2 * i])
+                b = f16_bits_to_f32(k_pool[db, h, do, 2 * i + 1])
+                k_pool[db, h, do, 2 * i] = f32_to_f16_bits(a * cos[0, i] - b * sin[0, i])
+                k_pool[db, h, do, 2 * i + 1] = f32_to_f16_bits(a * sin[0, i] + b * cos[0, i])

@@ -32,7 +32,7 @@ def build_engine(gguf, tokenizer, cfg):
 
     mcfg = LlamaConfig.from_metadata(gguf.metadata, gguf.path)
     total, per_slot = slot_context(cfg.n_ctx, cfg.n_parallel, mcfg.n_ctx_train)
-    model = LlamaModel(gguf, n_ctx=per_slot, n_threads=cfg.n_threads, n_seq=cfg.n_parallel)
+    model = LlamaModel(gguf, n_ctx=per_slot, n_threads=cfg.n_threads, n_seq=1)  # the engine sizes the KV cache
     engine = Engine(model, tokenizer, n_slots=cfg.n_parallel, n_batch=cfg.n_batch, queue_size=cfg.queue_size,
                     n_ctx_slot=per_slot)
     return engine, model, per_slot

@@ -36,9 +36,9 @@ class Job:
     ignore_eos: bool = False
 
 
-def submit(state, job: Job):
-    """-> RequestHandle; engine refusals become APIErrors."""
-    from ..engine import CompletionRequest, QueueFull
+def submit(state, job: Job, bridge: EventBridge):
+    """Queue the job with the engine, its events going to `bridge`; engine refusals become APIErrors."""
+    from ..engine import CompletionRequest, InvalidRequest, QueueFull
     from ..errors import ContextError
 
     if state.shutting_down:
@@ -54,13 +54,14 @@ def submit(state, job: Job):
         ignore_eos=job.ignore_eos, context_shift=state.config.context_shift,
     )
     try:
-        return state.engine.submit(req)
+        bridge.handle = state.engine.submit(req, on_event=bridge.on_event)
     except QueueFull as e:
-        raise unavailable(f"server busy: request queue is full ({e})" if str(e) else "server busy: request queue is full") from None
+        raise unavailable(f"server busy: {e}") from None
     except ContextError as e:
-        raise invalid(f"{CONTEXT_MESSAGE}: {e}") from None
-    except ValueError as e:  # e.g. an id_slot out of range
+        raise invalid(f"{CONTEXT_MESSAGE} ({e})") from None
+    except (InvalidRequest, ValueError) as e:
         raise invalid(str(e)) from None
+    return bridge
 
 
 def absorb(state, c: R.Completion, ev, n_probs: int) -> R.TokenProbs | None:
@@ -103,8 +104,14 @@ def final_error(c: R.Completion, state) -> APIError | None:
 async def collect(state, request, jobs: list[Job]) -> list[R.Completion]:
     """Run all jobs to completion (non-streaming); the client vanishing cancels them."""
     loop = asyncio.get_running_loop()
-    handles = [submit(state, j) for j in jobs]
-    bridges = [EventBridge(h, loop, state.config.timeout) for h in handles]
+    bridges = []
+    try:
+        for j in jobs:
+            bridges.append(submit(state, j, EventBridge(loop, state.config.timeout)))
+    except APIError:
+        for b in bridges:
+            b.cancel()
+        raise
     comps = [R.Completion(prompt_tokens=j.prompt_tokens) for j in jobs]
 
     async def run_one(b: EventBridge, c: R.Completion, j: Job):
@@ -167,8 +174,7 @@ class SSEResponse(Response):
 
 def stream(state, job: Job, chunks) -> SSEResponse:
     """Submit one job and stream it: `chunks(bridge, completion)` is an async generator of SSE bytes."""
-    handle = submit(state, job)
-    bridge = EventBridge(handle, asyncio.get_running_loop(), state.config.timeout)
+    bridge = submit(state, job, EventBridge(asyncio.get_running_loop(), state.config.timeout))
     c = R.Completion(prompt_tokens=job.prompt_tokens)
     return SSEResponse(_guard(state, chunks(bridge, c)), bridge.cancel)
 

@@ -27,41 +27,31 @@ class EngineCollector:
     def collect(self):
         engine = self.state.engine
         m = engine.metrics() if engine is not None else {}
-        n_prompt = _get(m, "n_prompt_tokens_processed_total", "prompt_tokens_total")
-        t_prompt_ms = _get(m, "t_prompt_processing_total", "prompt_ms_total")
-        n_pred = _get(m, "n_tokens_predicted_total", "tokens_predicted_total")
-        t_pred_ms = _get(m, "t_tokens_generation_total", "predicted_ms_total")
-        n_decode = _get(m, "n_decode_total")
-        n_busy = _get(m, "n_busy_slots_total")
-        # the "bucket" gauges: llama-server averages since the last scrape; we average since the start
-        n_prompt_b = _get(m, "n_prompt_tokens_processed", default=n_prompt)
-        t_prompt_b = _get(m, "t_prompt_processing", default=t_prompt_ms)
-        n_pred_b = _get(m, "n_tokens_predicted", default=n_pred)
-        t_pred_b = _get(m, "t_tokens_generation", default=t_pred_ms)
+        n_prompt, t_prompt = _get(m, "prompt_tokens_total"), _get(m, "prompt_seconds_total")
+        n_pred, t_pred = _get(m, "tokens_predicted_total"), _get(m, "tokens_predicted_seconds_total")
+        n_decode, n_busy = _get(m, "n_decode_total"), _get(m, "n_busy_slots_total")
         counters = [
             ("prompt_tokens", "Number of prompt tokens processed.", n_prompt),
-            ("prompt_seconds", "Prompt process time", t_prompt_ms / 1e3),
+            ("prompt_seconds", "Prompt process time", t_prompt),
             ("tokens_predicted", "Number of generation tokens processed.", n_pred),
-            ("tokens_predicted_seconds", "Predict process time", t_pred_ms / 1e3),
+            ("tokens_predicted_seconds", "Predict process time", t_pred),
             ("n_decode", "Total number of llama_decode() calls", n_decode),
         ]
         for name, doc, value in counters:
             c = CounterMetricFamily(f"llamacpp:{name}", doc)
             c.add_metric([], value)
             yield c
-        n_ctx_total = max(1, self.state.n_ctx_slot * self.state.config.n_parallel)
+        # llama-server declares this average a counter; prometheus-client would rename a counter to *_total
         gauges = [
             ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
              n_busy / max(n_decode, 1.0)),
-            ("prompt_tokens_seconds", "Average prompt throughput in tokens/s.",
-             1e3 / t_prompt_b * n_prompt_b if n_prompt_b and t_prompt_b else 0.0),
-            ("predicted_tokens_seconds", "Average generation throughput in tokens/s.",
-             1e3 / t_pred_b * n_pred_b if n_pred_b and t_pred_b else 0.0),
-            ("kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.",
-             _get(m, "kv_cache_used_cells") / n_ctx_total),
-            ("kv_cache_tokens", "KV-cache tokens.", _get(m, "kv_cache_tokens_count", "kv_cache_used_cells")),
-            ("requests_processing", "Number of requests processing.", _get(m, "processing", "requests_processing")),
-            ("requests_deferred", "Number of requests deferred.", _get(m, "deferred", "requests_deferred")),
+            # llama-server averages these since the previous scrape; ours are averages since the start
+            ("prompt_tokens_seconds", "Average prompt throughput in tokens/s.", n_prompt / t_prompt if t_prompt else 0.0),
+            ("predicted_tokens_seconds", "Average generation throughput in tokens/s.", n_pred / t_pred if t_pred else 0.0),
+            ("kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.", _get(m, "kv_cache_usage_ratio")),
+            ("kv_cache_tokens", "KV-cache tokens.", _get(m, "kv_cache_tokens")),
+            ("requests_processing", "Number of requests processing.", _get(m, "requests_processing")),
+            ("requests_deferred", "Number of requests deferred.", _get(m, "requests_deferred")),
         ]
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"llamacpp:{name}", doc)

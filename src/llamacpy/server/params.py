@@ -218,9 +218,14 @@ def _is_token_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_mixed(value) -> bool:
-    return (isinstance(value, list) and any(isinstance(v, str) for v in value)
-            and all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value))
+    """llama-server's json_is_array_of_mixed_numbers_strings: strings AND ids (only strings = several prompts)."""
+    return (isinstance(value, list) and any(isinstance(v, str) for v in value) and any(_is_int(v) for v in value)
+            and all(isinstance(v, str) or _is_int(v) for v in value))
 
 
 def tokenize_mixed(tokenizer, prompt, add_special: bool, parse_special: bool = True) -> list[int]:

@@ -215,10 +215,26 @@ def build_router(state) -> APIRouter:
     async def slots(request: Request):
         if not cfg.endpoint_slots:
             raise APIError("This server does not support slots endpoint. Start it with `--slots`", "not_supported")
-        data = await run_in_threadpool(state.engine.slots)
+        data = [slot_json(s) for s in await run_in_threadpool(state.engine.slots)]
         if "fail_on_no_slot" in request.query_params and not any(not s.get("is_processing") for s in data):
             raise APIError("no slot available", "unavailable")
         return json_response(data)
+
+    def slot_json(s: dict) -> dict:
+        """The engine's slot dict in llama-server's server_slot::to_json shape (engine extras kept)."""
+        p = s.get("params") or {}
+        out = {"id": s.get("id"), "id_task": s.get("id_task", -1), "n_ctx": s.get("n_ctx", state.n_ctx_slot),
+               "speculative": False, "is_processing": bool(s.get("is_processing")), "non_causal": False}
+        n_predict = p.get("n_predict", cfg.n_predict)
+        n_decoded = s.get("n_decoded", 0)
+        out["next_token"] = {"has_next_token": out["is_processing"], "has_new_line": False,
+                             "n_remain": n_predict - n_decoded if n_predict >= 0 else -1, "n_decoded": n_decoded,
+                             "stopping_word": ""}
+        out["params"] = p
+        for k in ("state", "n_prompt_tokens", "n_cached"):
+            if k in s:
+                out[k] = s[k]
+        return out
 
     router.add_api_route("/slots", slots, methods=["GET"])
 
@@ -239,7 +255,8 @@ def build_router(state) -> APIRouter:
         content = body.get("content")
         if content is None:
             return json_response({"tokens": []})
-        if not (isinstance(content, str) or P._is_mixed(content) or P._is_token_list(content)):
+        if not (isinstance(content, str) or (isinstance(content, list)
+                                             and all(isinstance(v, str) or P._is_int(v) for v in content))):
             raise invalid("'content' must be a string or a list of strings and token ids")
         tokens = await run_in_threadpool(P.tokenize_mixed, state.tokenizer, content, add_special, True)
         P.check_token_ids(tokens, state.tokenizer.n_vocab, "content")
@@ -293,21 +310,20 @@ def build_router(state) -> APIRouter:
             raise APIError("server is shutting down", "unavailable")
         vecs = []
         for p in prompts:
+            from ..engine import InvalidRequest, QueueFull
+            from ..errors import ContextError
+
             try:
                 v = await run_in_threadpool(state.engine.embed, p)  # (n_embd,)
-            except Exception as e:
-                from ..engine import QueueFull
-
-                if isinstance(e, QueueFull):
-                    raise APIError("server busy: request queue is full", "unavailable") from None
-                raise
+            except QueueFull as e:
+                raise APIError(f"server busy: {e}", "unavailable") from None
+            except (InvalidRequest, ContextError) as e:
+                raise invalid(str(e)) from None
             vecs.append(np.asarray(v, dtype=np.float32))
         return body, prompts, vecs, oai, fmt
 
     async def embeddings_native(request: Request):
         body, prompts, vecs, oai, fmt = await embed_prompts(request, oai=False)
-        if oai:  # not reachable: "content" turns the OpenAI shape off
-            pass
         return json_response([{"index": i, "embedding": [v.tolist()]} for i, v in enumerate(vecs)])
 
     async def embeddings_oai(request: Request):

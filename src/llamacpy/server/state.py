@@ -70,6 +70,7 @@ class ServerState:
         self.pooling = "mean"
         self.ready_event = threading.Event()
         self._shutdown_lock = threading.Lock()
+        self.on_load_failed = None  # called (on the loading thread) when the model cannot be loaded
         self._shut = False
 
     @property
@@ -100,7 +101,8 @@ class ServerState:
 
             self.error = str(e) if isinstance(e, LlamacpyError) else f"{type(e).__name__}: {e}"
             self.status = "failed"
-            self.log(f"error: failed to load the model: {self.error}")
+            if self.on_load_failed is not None:
+                self.on_load_failed()
         finally:
             self.ready_event.set()
 

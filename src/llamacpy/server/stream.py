@@ -1,9 +1,9 @@
 """The bridge from the engine thread to asyncio, and Server-Sent Events.
 
-Owns: `EventBridge` -- a request's blocking `TokenEvent` iterator pumped by a small thread into an asyncio
-queue with `loop.call_soon_threadsafe`, so the event loop never blocks on the engine; cancelling the request when
-its client goes away (a watcher on the ASGI `receive` channel) or when it waits too long; and `sse()`, one
-`data: {json}\\n\\n` event.
+Owns: `EventBridge` -- the engine's per-request event callback scheduling each `TokenEvent` onto the event
+loop with `loop.call_soon_threadsafe` (no thread per request; the loop never blocks on the engine); cancelling
+the request when its client goes away (a watcher on the ASGI `receive` channel) or when it waits too long; and
+`sse()`, one `data: {json}\\n\\n` event.
 Must not: build response bodies (responses.py) or enter numba (only the engine thread does).
 """
 
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-
-_END = object()
 
 
 def sse(data, event: str = "data") -> bytes:
@@ -31,35 +28,25 @@ class Disconnected(Exception):
 
 
 class EventBridge:
-    """Async iteration over one engine request's events; `cancel()` is safe from any thread, any number of times."""
+    """Async iteration over one engine request's events. `on_event` is handed to `Engine.submit` and runs on the
+    engine thread: it only schedules the event onto the loop. `cancel()` is safe any number of times."""
 
-    def __init__(self, handle, loop: asyncio.AbstractEventLoop, timeout: float):
-        self.handle = handle
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
         self.loop = loop
         self.timeout = timeout
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.handle = None
         self.finished = False
         self._cancelled = False
-        self._thread = threading.Thread(target=self._pump, name="llamacpy-pump", daemon=True)
-        self._thread.start()
 
-    def _put(self, item) -> None:
+    def on_event(self, ev) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
         except RuntimeError:  # the loop is closed (server exiting): nobody listens any more
             self.cancel()
 
-    def _pump(self) -> None:
-        try:
-            for ev in self.handle:
-                self._put(ev)
-        except Exception as e:  # an engine failure reaches the client as an error event
-            self._put(e)
-        finally:
-            self._put(_END)
-
     def cancel(self) -> None:
-        if not self._cancelled and not self.finished:
+        if not self._cancelled and not self.finished and self.handle is not None:
             self._cancelled = True
             try:
                 self.handle.cancel()
@@ -67,23 +54,17 @@ class EventBridge:
                 pass
 
     async def next(self):
-        """The next TokenEvent, or None after the last one. Raises RequestTimeout after `timeout` s of silence."""
+        """The next TokenEvent, or None after the final one. Raises RequestTimeout after `timeout` s of silence."""
         if self.finished:
             return None
         try:
-            item = await asyncio.wait_for(self.queue.get(), self.timeout)
+            ev = await asyncio.wait_for(self.queue.get(), self.timeout)
         except asyncio.TimeoutError:
             self.cancel()
             raise RequestTimeout(f"no token for {self.timeout:g} s (-to/--timeout); request cancelled") from None
-        if item is _END:
+        if ev.finish_reason is not None:
             self.finished = True
-            return None
-        if isinstance(item, Exception):
-            raise item
-        if getattr(item, "finish_reason", None) is not None:
-            self.finished = True
-            self._cancelled = True  # nothing left to cancel
-        return item
+        return ev
 
     async def events(self):
         while True:
@@ -91,6 +72,8 @@ class EventBridge:
             if ev is None:
                 return
             yield ev
+            if self.finished:
+                return
 
 
 async def watch_disconnect(receive) -> None:

@@ -52,7 +52,7 @@ function current() {
   return conversations.find((c) => c.id === currentId) || null;
 }
 
-// ---------- rendering (text only: never innerHTML) ----------
+// ---------- rendering (text nodes only, never parsed as HTML) ----------
 
 function node(tag, cls, text) {
   const n = document.createElement(tag);
@@ -137,6 +137,7 @@ function messageView(msg) {
       }
     }
     if (msg.meta && msg.meta.error) box.classList.add("error");
+    box.classList.add(msg.meta && msg.meta.streaming ? "streaming" : "done");
     box.appendChild(s);
   }
   return box;
@@ -319,22 +320,22 @@ async function postChat(body, signal) {
   }
 }
 
-// Read `data: {json}` events; call onEvent(json) for each until `data: [DONE]` or the end.
+// Read `data: {json}` events; call onEvent(json) for each. True when `data: [DONE]` was seen.
 async function readEvents(res, onEvent) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buf = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) break;
+    if (done) return false;
     buf += decoder.decode(value, { stream: true });
     let nl;
     while ((nl = buf.indexOf("\n")) >= 0) {
       const line = buf.slice(0, nl).replace(/\r$/, "");
       buf = buf.slice(nl + 1);
-      let m = /^(data|error):\s?(.*)$/.exec(line);
+      const m = /^(data|error):\s?(.*)$/.exec(line);
       if (!m) continue;
-      if (m[2] === "[DONE]") return;
+      if (m[2] === "[DONE]") return true;
       let j;
       try {
         j = JSON.parse(m[2]);
@@ -371,7 +372,7 @@ async function send() {
   notice("");
   let conv = current();
   if (!conv) {
-    conv = { id: newId(), title: text.trim().slice(0, 48), updated: Date.now(), messages: [] };
+    conv = { id: newId(), title: text.trim().replace(/\s+/g, " ").slice(0, 48), updated: Date.now(), messages: [] };
     conversations.push(conv);
     currentId = conv.id;
   }
@@ -396,8 +397,15 @@ async function send() {
     if (stick) el.messages.scrollTop = el.messages.scrollHeight;
   };
 
-  const history = conv.messages.slice(0, -1).filter((m) => !(m.meta && m.meta.error))
-    .map((m) => ({ role: m.role, content: m.content }));
+  // The history sent: a failed reply and the message that led to it are left out.
+  const history = [];
+  for (const m of conv.messages.slice(0, -1)) {
+    if (m.meta && m.meta.error) {
+      if (history.length && history[history.length - 1].role === "user") history.pop();
+    } else {
+      history.push({ role: m.role, content: m.content });
+    }
+  }
   const system = (settings.system || "").trim();
   const payload = {
     messages: system ? [{ role: "system", content: settings.system }, ...history] : history,
@@ -411,7 +419,7 @@ async function send() {
   try {
     const res = await postChat(payload, signal);
     if (!res.ok) throw new Error(await errorMessage(res));
-    await readEvents(res, (j) => {
+    const complete = await readEvents(res, (j) => {
       const choice = j.choices && j.choices[0];
       if (choice) {
         const piece = choice.delta && choice.delta.content;
@@ -425,6 +433,7 @@ async function send() {
       if (j.timings) meta.timings = j.timings;
       if (j.usage) meta.usage = j.usage;
     });
+    if (!complete && !meta.finish_reason) throw new Error("the server closed the stream before its end");
   } catch (e) {
     if (signal.aborted) meta.stopped = true;
     else meta.error = e.message;
@@ -439,7 +448,7 @@ async function send() {
       renderContent(body, reply.content);
       speed.textContent = speedText(meta);
       if (meta.error) view.classList.add("error");
-      view.classList.add("done");
+      view.classList.replace("streaming", "done");
     }
   }
 }
@@ -452,7 +461,8 @@ async function showModel(attempt) {
     if (res.ok) {
       const j = await res.json();
       const m = j.data && j.data[0];
-      el.model.textContent = m ? m.id : "(no model)";
+      el.model.textContent = m ? String(m.id).split(/[\\/]/).pop() : "(no model)";
+      el.model.title = m ? String(m.id) : "";
       return;
     }
     el.model.textContent = res.status === 503 ? "loading model…" : `model: ${res.status}`;
@@ -476,13 +486,24 @@ el.input.addEventListener("keydown", (e) => {
   }
 });
 document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && controller) {
+  if (e.key !== "Escape") return;
+  if (controller) {
     e.preventDefault();
     stopGeneration();
+  } else if (!el.settings.hidden) {
+    toggleSettings(false);
   }
 });
 el.stop.addEventListener("click", stopGeneration);
 $("new-chat").addEventListener("click", newConversation);
+$("chats-toggle").addEventListener("click", () => document.body.classList.toggle("show-chats"));
+// The narrow-screen drawer closes on any choice in it, or on a click beside it.
+$("sidebar").addEventListener("click", (e) => {
+  if (e.target.closest("button")) document.body.classList.remove("show-chats");
+});
+document.querySelector("main").addEventListener("click", (e) => {
+  if (e.target.id !== "chats-toggle") document.body.classList.remove("show-chats");
+});
 el.settingsToggle.addEventListener("click", () => toggleSettings(el.settings.hidden));
 $("settings-close").addEventListener("click", () => toggleSettings(false));
 $("settings-reset").addEventListener("click", () => {
