@@ -194,6 +194,22 @@ def _jobs(n: int):
     return [(KINDS[i % 4], (i // 4) % 10) for i in range(n)]
 
 
+def _exported(m1: int, m2: int, name: str) -> set:
+    """Replica tags whose `name` series is > 0 in Ray's Prometheus export of either node."""
+    import httpx
+
+    tags = set()
+    for port in (m1, m2):
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(name + "{") and 'replica="' in line and float(line.rsplit(" ", 1)[1]) > 0:
+                tags.add(line.split('replica="', 1)[1].split('"', 1)[0])
+    return tags
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_node_cluster_replicas_failover(tmp_path):
@@ -252,9 +268,11 @@ def test_two_node_cluster_replicas_failover(tmp_path):
             answers = list(ex.map(lambda j: _ask(client, *j), jobs))
         for j, a in zip(jobs, answers):
             assert a == expected[j], f"{j}: {a!r} != {expected[j]!r}"
+        # both replicas used, as Ray's Prometheus export (one exporter per node) reports each replica's requests
+        _wait(lambda: len(_exported(m1, m2, "ray_llamacpp_requests_total")) >= 2, 60,
+              "two replicas with requests in Ray's Prometheus export", 3.0)
         slots = httpx.get(f"{base}/slots", headers=auth, timeout=30).json()
-        used = {s["replica"] for s in slots if s["replica_served"] > 0}
-        assert len(used) == 2, f"replicas used: {used}"
+        assert len({s["replica"] for s in slots if s.get("replica_served", 0) > 0}) == 2, slots
 
         # prefix affinity: a repeated long prompt goes back to the replica (and slot) holding it
         for w in ("river", "mountain", "garden", "castle"):
@@ -300,21 +318,6 @@ def test_two_node_cluster_replicas_failover(tmp_path):
         assert victim not in pids
         assert _ask(client, "completion", 0) == expected[("completion", 0)]  # the endpoint stayed up
 
-        # per-replica Prometheus series through Ray's metrics export (one exporter per node)
-        def replicas_exported():
-            tags = set()
-            for mp in (m1, m2):
-                try:
-                    text = httpx.get(f"http://127.0.0.1:{mp}/metrics", timeout=10).text
-                except httpx.HTTPError:
-                    continue
-                for line in text.splitlines():
-                    if line.startswith("ray_llamacpp_tokens_predicted_total{") and 'replica="' in line:
-                        if float(line.rsplit(" ", 1)[1]) > 0:
-                            tags.add(line.split('replica="', 1)[1].split('"', 1)[0])
-            return tags if len(tags) >= 2 else None
-
-        _wait(replicas_exported, 60, "two replicas in Ray's Prometheus export", 3.0)
         m = httpx.get(f"{base}/metrics", headers=auth, timeout=30).text
         assert "llamacpp:tokens_predicted_total" in m
     finally:

@@ -7,8 +7,8 @@ anything reached the client, else ending it with an "error" final event). It val
 validates first, so bad input is answered without a round trip, and passes `route_key` (routing.prefix_key)
 for the prefix-affinity router. Per-replica snapshots (slots, counters) are kept from every stream's end and
 every /slots or /metrics call; /metrics sums them.
-Must not: generate (replicas do), shape responses, or be iterated on the asyncio loop (it blocks: the server's
-EventBridge iterates it on its pump thread).
+Must not: generate (replicas do), shape responses, or be iterated on the asyncio loop (it blocks: with
+`on_event`, as the server submits, a pump thread per request iterates it).
 """
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ class RemoteEngine:
         from ..engine import InvalidRequest, QueueFull
         from ..errors import ContextError
 
-        if on_event is not None:
-            raise TypeError("RemoteEngine.submit: on_event is not supported; iterate the handle")
         toks = [int(t) for t in req.prompt_tokens]
         if not toks:
             raise InvalidRequest("the prompt is empty")
@@ -77,6 +75,8 @@ class RemoteEngine:
             raise QueueFull("the server is shutting down")
         h = RemoteRequest(self, req)
         self._live.add(h)
+        if on_event is not None:  # as Engine.submit: events go only to on_event (here from a pump thread)
+            threading.Thread(target=h.pump, args=(on_event,), name="llamacpy-ray-pump", daemon=True).start()
         return h
 
     def embed(self, tokens) -> np.ndarray:
@@ -181,6 +181,15 @@ class RemoteRequest:
 
         self.done = True
         return TokenEvent(token=None, text="", finish_reason=reason, error=error, timings={})
+
+    def pump(self, on_event) -> None:
+        """Deliver every event to on_event; a refusal or failure becomes the final "error" event."""
+        try:
+            for ev in self:
+                on_event(ev)
+        except Exception as e:
+            msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            on_event(self._final("error", msg))
 
     def __iter__(self):
         from ..engine import QueueFull
