@@ -83,6 +83,39 @@ def test_ray_flags_need_ray_and_are_checked():
                                                      "--api-key", "a", "--api-key", "b"]
 
 
+def test_serve_run_config_example_builds(tmp_path):
+    """docs/ray-serve.yaml's `args` go through `llamacpy serve`'s own parser into the deployment options."""
+    try:
+        import yaml
+        from ray import serve  # noqa: F401
+    except ImportError:
+        if IN_CI:
+            pytest.fail("ray[serve] is not installed (pip install -e '.[ray,test]') -- required under CI")
+        pytest.skip("ray[serve] is not installed (pip install 'llamacpy[ray]')")
+    from llamacpy.cli_serve import build_parser, config_from_args
+    from llamacpy.ray import app_builder
+    from llamacpy.ray.deploy import ROUTER_CLASS, args_to_argv, deployment_options, options_from_args
+
+    doc = yaml.safe_load((PROJECT_ROOT / "docs" / "ray-serve.yaml").read_text())
+    (app,) = doc["applications"]
+    assert app["import_path"] == "llamacpy.ray:app_builder"
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k1\n")
+    args = dict(app["args"], model=str(models_dir() / "stories260K.gguf"), api_key_file=str(keys))
+    assert app_builder(args) is not None
+    ns = build_parser().parse_args(args_to_argv(args))
+    cfg, opts = config_from_args(ns), options_from_args(ns)
+    assert cfg.api_keys == ["k1"] and cfg.n_parallel == 4 and cfg.endpoint_metrics
+    o = deployment_options(cfg, opts)
+    assert o["autoscaling_config"]["min_replicas"] == 1 and o["autoscaling_config"]["max_replicas"] == 4
+    assert o["autoscaling_config"]["target_ongoing_requests"] == 4  # queue length per replica: -np
+    assert o["ray_actor_options"]["num_cpus"] == 4.0  # -t
+    assert o["request_router_config"].request_router_class == ROUTER_CLASS
+    fixed = deployment_options(cfg, options_from_args(build_parser().parse_args(
+        ["-m", args["model"], "--ray", "--replicas", "3"])))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+
+
 # -- the cluster -----------------------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

@@ -63,8 +63,9 @@ class LlamaReplica:
         except (ContextError, ValueError) as e:
             yield {"refused": "invalid", "message": str(e), "context": isinstance(e, ContextError)}
             return
-        eng = self.state.engine
-        yield {"accepted": dict(self.who, slots=eng.slots(), metrics=eng.metrics())}  # the ingress's snapshot
+        eng = self.state.engine  # the ingress's snapshot of this replica (off the loop: slots() takes the lock)
+        slots, metrics = await asyncio.to_thread(lambda: (eng.slots(), eng.metrics()))
+        yield {"accepted": dict(self.who, slots=slots, metrics=metrics)}
         try:
             while True:
                 batch = [await q.get()]
