@@ -84,13 +84,12 @@ def test_ray_flags_need_ray_and_are_checked():
 
 
 def test_serve_run_config_example_builds(tmp_path):
-    """docs/ray-serve.yaml's `args` go through `llamacpy serve`'s own parser into the deployment options."""
+    """docs/ray-serve.yaml's `args` go through `llamacpy serve`'s own parser into the deployment options.
+    (In the default run: skips without the extra even under CI; the cluster test below is the one CI requires.)"""
     try:
         import yaml
         from ray import serve  # noqa: F401
     except ImportError:
-        if IN_CI:
-            pytest.fail("ray[serve] is not installed (pip install -e '.[ray,test]') -- required under CI")
         pytest.skip("ray[serve] is not installed (pip install 'llamacpy[ray]')")
     from llamacpy.cli_serve import build_parser, config_from_args
     from llamacpy.ray import app_builder
