@@ -29,6 +29,7 @@ def _free_port(host: str) -> int:
 
 def serve_ray(cfg, opts: RayOptions) -> int:
     from ..cli_run import UsageError
+    from ..errors import LlamacpyError
 
     opts.validate()
     try:
@@ -46,7 +47,11 @@ def serve_ray(cfg, opts: RayOptions) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": cfg.host, "port": port}, proxy_location="HeadOnly")
-        serve.run(build_app(cfg, opts), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(build_app(cfg, opts), name=APP_NAME, route_prefix="/", blocking=False)
+        except Exception as e:  # e.g. every replica failed to load the model: one line, not Ray's traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise LlamacpyError(f"--ray: deploying {cfg.model} failed: {type(e).__name__}: {first}") from None
         _log(f"HTTP server is listening, hostname: {cfg.host}, port: {port}")
         while not stop.wait(0.5):
             pass
