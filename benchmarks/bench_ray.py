@@ -16,6 +16,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -37,8 +38,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+RAY_TOKEN = secrets.token_hex(32)  # Ray's token auth, the same token for every process of the cluster
+
+
 def env() -> dict:
-    e = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    e = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN)
     e["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     return e
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -122,8 +123,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Ray >= 2.5x: token authentication, one token for every process of this cluster (without it, a token that
+# a local ray.init() once left in ~/.ray turns auth on for `ray start --head` only, and the second node fails)
+RAY_TOKEN = secrets.token_hex(32)
+
+
 def _env() -> dict:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=RAY_TOKEN)
     src = str(PROJECT_ROOT / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

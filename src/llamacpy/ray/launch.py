@@ -40,8 +40,13 @@ def serve_ray(cfg, opts: RayOptions) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = cfg.port or _free_port(cfg.host)
     started_here = opts.address is None
-    ray.init(address=opts.address, include_dashboard=False if started_here else None, logging_level="WARNING",
-             log_to_driver=cfg.verbose)
+    try:
+        ray.init(address=opts.address, include_dashboard=False if started_here else None, logging_level="WARNING",
+                 log_to_driver=cfg.verbose)
+    except Exception as e:  # unreachable cluster, wrong auth token, ...: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray instance"
+        raise LlamacpyError(f"--ray-address: cannot connect to {where}: {type(e).__name__}: {first}") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
