@@ -5,7 +5,8 @@ The cluster test: 40 concurrent requests (half streamed) all answered, both repl
 temperature 0 equal to a single `llamacpy serve`'s; a repeated prefix goes back to the replica holding it (its
 prompt is served from that slot's cache); the API key is checked; one replica's process is SIGKILLed mid-load:
 every request is answered (equal to the reference) or fails with a clean HTTP/SSE error, Ray starts a new
-replica and the endpoint keeps answering; per-replica series appear in Ray's Prometheus export; `ray stop
+replica and the endpoint keeps answering; per-replica series appear in Ray's Prometheus export; then an
+autoscaling deployment (1..2 replicas of 1 slot) grows to 2 replicas under 8 concurrent clients; `ray stop
 --force` in a finally, then no Ray process is left. Each wait has a deadline, so the test stops itself.
 Run: python -m pytest -q -m ray tests/test_ray.py
 """
@@ -359,6 +360,25 @@ def test_two_node_cluster_replicas_failover(tmp_path):
 
         m = httpx.get(f"{base}/metrics", headers=auth, timeout=30).text
         assert "llamacpp:tokens_predicted_total" in m
+        _stop(served)  # deletes the app: its replicas go, their CPUs are free again
+        _wait(lambda: not _replica_pids(), 60, "the fixed replicas to stop")
+
+        # autoscaling on queue length: 1 replica of 1 slot, 8 clients -> Ray adds the second replica
+        auto_port = _free_port()
+        served = _start_server(["-m", model, "-np", "1", "-c", "512", "-t", "1", "--port", str(auto_port), "--ray",
+                                "--ray-address", f"127.0.0.1:{gcs}", "--min-replicas", "1", "--max-replicas", "2"],
+                               log)
+        _wait(lambda: _healthy(auto_port) or served.poll() is not None, 240, "the autoscaling endpoint", 2.0)
+        assert served.poll() is None and len(_replica_pids()) == 1
+        body = {"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True, "temperature": 0}
+        deadline = time.monotonic() + 120
+        codes: list = []
+        with cf.ThreadPoolExecutor(8) as ex:
+            while len(_replica_pids()) < 2 and time.monotonic() < deadline:
+                codes += ex.map(lambda _: httpx.post(f"http://127.0.0.1:{auto_port}/v1/completions", json=body,
+                                                     timeout=120).status_code, range(8))
+        assert len(_replica_pids()) == 2, "no second replica under a queue of 8 requests on 1 slot"
+        assert codes and all(c == 200 for c in codes), codes
     finally:
         _stop(served)
         _stop(ref)
