@@ -28,6 +28,9 @@ def tok(model):
     return load_tokenizer(model.gguf.metadata, model.path)
 
 
+LEADS = ["Then", "Yesterday", "Suddenly", "Today", "Later", "Once", "Now", "Soon"]  # distinct first words
+
+
 def _req(tok, text, **kw):
     kw.setdefault("params", SamplingParams(temp=0))
     return CompletionRequest(tok.tokenize(text.encode(), add_bos=True), **kw)
@@ -39,18 +42,19 @@ def _collect(h):
 
 
 def _requests(tok):
-    """16 requests of mixed lengths: greedy ones and seeded sampling ones, with top-2 probabilities."""
+    """16 distinct prompts of mixed lengths (no two share more than BOS and a word, so none reuses another's
+    cells), greedy and seeded sampling, with top-2 probabilities."""
     out = []
     for i in range(16):
         p = SamplingParams(temp=0) if i % 3 else SamplingParams(temp=0.8, seed=100 + i)
-        out.append(_req(tok, PROMPTS[i % len(PROMPTS)], n_predict=8 + 5 * (i % 5), params=p, n_probs=2,
-                        cache_prompt=False))
+        text = PROMPTS[i] if i < len(PROMPTS) else f"{LEADS[i - len(PROMPTS)]} {PROMPTS[i - len(PROMPTS)].lower()}"
+        out.append(_req(tok, text, n_predict=8 + 5 * (i % 5), params=p, n_probs=2))
     return out
 
 
 def test_sixteen_requests_on_four_slots_equal_each_alone(model, tok):
-    """Each request's text and per-token probabilities are exactly what it gets alone (fresh cache both ways:
-    cache_prompt=False), although it shared steps with up to three others."""
+    """Each request's text and per-token probabilities are exactly what it gets alone, although it shared steps
+    with up to three others (and slots that served other prompts: overlaps of BOS and a word are not reused)."""
     alone = Engine(model, tok, n_slots=1)
     try:
         ref = [_collect(alone.submit(r)) for r in _requests(tok)]
@@ -257,5 +261,23 @@ def test_failed_step_ends_its_requests_and_the_engine_goes_on(model, tok, monkey
         assert f.finish_reason == "length" and f.timings["predicted_n"] == 3 and f.timings["n_cached"] == 0
         _, _, f = _collect(eng.submit(_req(tok, "The cat", n_predict=0)))  # n_predict 0: the prompt is cached
         assert f.finish_reason == "length" and f.timings["predicted_n"] == 0 and f.text == ""
+    finally:
+        eng.shutdown()
+
+
+def test_a_failing_event_callback_cancels_only_its_request(model, tok):
+    eng = Engine(model, tok, n_slots=2)
+    try:
+        def bad(ev):
+            raise OSError("client gone")
+
+        eng.submit(_req(tok, "Once upon a time", n_predict=50), on_event=bad)
+        _, _, f = _collect(eng.submit(_req(tok, "The cat", n_predict=20)))
+        assert f.finish_reason == "length"
+        for _ in range(1000):
+            if eng.metrics()["requests_processing"] == 0:
+                break
+            time.sleep(0.01)
+        assert eng.metrics()["requests_processing"] == 0
     finally:
         eng.shutdown()

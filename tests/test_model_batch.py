@@ -135,3 +135,27 @@ def test_decode_kernels_compute_rows_independently(name):
         y = lin(x)
         for i in range(DECODE_MAX):
             np.testing.assert_array_equal(y[i], lin(x[i:i + 1])[0], err_msg=f"{name} {lin.name} row {i}")
+
+
+def test_paged_attention_does_not_depend_on_the_job_split():
+    """attention_paged splits a KV head's query heads over jobs by the thread count and batch size; every split
+    gives the same bits (each head's arithmetic is the same code)."""
+    from llamacpy.kernels import ops
+
+    m = LlamaModel.load(models_dir() / "tiny-llama-Q8_0.gguf", n_ctx=128, n_seq=3)
+    cfg = m.cfg
+    for s, n in enumerate((70, 5, 33)):
+        m.forward(list(range(3, 3 + n)), seq_id=s)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((3, cfg.n_head * cfg.head_dim_k)).astype(np.float32)
+    seqs, cells = np.arange(3), np.array([69, 4, 32])
+    group = cfg.n_head // cfg.n_head_kv
+    outs = []
+    for n_chunks in [c for c in range(1, group + 1) if group % c == 0]:
+        out = np.empty((3, cfg.n_head * cfg.head_dim_v), np.float32)
+        ops._attention_paged(q, m.kv.k_pool[0], m.kv.v_pool[0], m.kv.table, seqs, cells, cfg.n_head,
+                             np.float32(0.25), out, n_chunks)
+        outs.append(out)
+    assert len(outs) >= 2
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])

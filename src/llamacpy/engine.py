@@ -14,11 +14,16 @@ with it through queues.
 Slot choice (as llama-server): `id_slot` if given (the request waits while that slot is busy); else the idle
 slot whose cached tokens share the longest prefix with the prompt, if that prefix is more than half the prompt
 (llama-server's slot_prompt_similarity 0.5); else the least recently used idle slot. With `cache_prompt` only the
-tokens after the common prefix are evaluated (at least the last prompt token, for its logits).
+tokens after the common prefix are evaluated (at least the last prompt token, for its logits) -- when that prefix
+is more than half the prompt; a smaller overlap is evaluated again (see below).
 
 Exactness: a row's logits do not depend on what else is in the batch (model.forward_batch). A prompt chunk is
 always the next min(n_ubatch, left) tokens of its prompt, whatever the other slots do, so at temperature 0 a
-request returns what it returns alone from the same cache state.
+request returns what it returns alone from the same cache state. A prompt evaluated from scratch is therefore
+computed bit for bit as alone; one that reuses cached cells sees them as computed for an earlier request (other
+chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative). Reusing only prefixes of
+more than half the prompt keeps independent requests (sharing BOS and a few words) exact, at a cost of at most
+the half they share.
 """
 
 from __future__ import annotations
@@ -96,10 +101,13 @@ class RequestHandle:
                 return
             if ev.finish_reason is not None:
                 self.done = True
-            if self._on_event is not None:
-                self._on_event(ev)
-            else:
+            if self._on_event is None:
                 self._events.put(ev)
+                return
+            try:
+                self._on_event(ev)
+            except Exception:  # noqa: BLE001 -- the consumer is gone: stop the request, not the engine
+                self.cancelled = True
 
     def get(self, timeout: float | None = None) -> TokenEvent | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -407,6 +415,8 @@ class Engine:
         sl.n_prompt = len(prompt)
         sl.n_keep = n_keep + (1 if bos is not None and prompt and prompt[0] == bos and req.n_keep >= 0 else 0)
         n_reuse = _common_prefix(sl.cache, prompt) if req.cache_prompt else 0
+        if n_reuse <= SLOT_PROMPT_SIMILARITY * len(prompt):
+            n_reuse = 0  # a small overlap is evaluated again: the request is then computed exactly as alone
         if n_reuse == len(prompt):
             n_reuse -= 1  # the last prompt token is evaluated again for its logits
         self._truncate(sl, n_reuse)

@@ -216,6 +216,7 @@ class LlamaModel:
             np.arange(self.n_ctx), cfg.n_rot, cfg.rope_freq_base, cfg.rope_freq_scale, freq_factors
         )  # (n_ctx, n_rot/2)
         self.kv = KVCache(cfg, self.n_ctx, n_seq)
+        self._rows_independent: dict[int, bool] = {}  # id(Linear) -> kernels/batch.rows_independent
         self.n_params = sum(t.n_elements for t in gguf.tensors.values())
         # bytes of weights a decode step reads: every matrix except the embedding table (only rows are read)
         out_name = "output.weight" if "output.weight" in gguf.tensors else "token_embd.weight"
@@ -272,7 +273,14 @@ class LlamaModel:
         start = self.kv.n_used[seq_id]
         if positions is None:
             positions = np.arange(start, start + n)
-        return self.forward_batch(tokens, positions, np.full(n, seq_id), "all" if all_logits else "last")
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if positions.shape[0] != n:
+            raise ValueError("forward: tokens and positions must have the same length")
+        if tokens.min() < 0 or tokens.max() >= self.cfg.n_vocab:
+            bad = int(tokens[(tokens < 0) | (tokens >= self.cfg.n_vocab)][0])
+            raise ValueError(f"token id {bad} out of range [0, {self.cfg.n_vocab})")
+        return self._forward(tokens, positions, np.full(n, seq_id, dtype=np.int64), [(int(seq_id), 0, n)],
+                             "all" if all_logits else "last")
 
     def forward_batch(self, tokens, positions, seq_ids, logits="last") -> np.ndarray:
         """Evaluate a batch of (token, position, sequence) rows: several sequences in one pass, the weights read
@@ -285,7 +293,6 @@ class LlamaModel:
         "all" -> (n, n_vocab); "none" -> None; "hidden" -> (n, n_embd) the final normed hidden states
         (llama.cpp's embeddings)."""
         cfg = self.cfg
-        kv = self.kv
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         seq_ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
@@ -297,18 +304,25 @@ class LlamaModel:
         if tokens.min() < 0 or tokens.max() >= cfg.n_vocab:
             bad = int(tokens[(tokens < 0) | (tokens >= cfg.n_vocab)][0])
             raise ValueError(f"token id {bad} out of range [0, {cfg.n_vocab})")
-        groups = _groups(seq_ids)  # [(seq, a, b)] in order of appearance
+        return self._forward(tokens, positions, seq_ids, _groups(seq_ids), logits)
+
+    def _forward(self, tokens, positions, seq_ids, groups, logits):
+        """forward_batch with the (seq, start, end) row groups already found (in order of appearance)."""
+        cfg = self.cfg
+        kv = self.kv
+        n = tokens.shape[0]
         for s, a, b in groups:
             if not 0 <= s < kv.n_seq:
                 raise ValueError(f"sequence id {s} out of range [0, {kv.n_seq})")
             start = kv.n_used[s]
-            if positions[a] != start or np.any(np.diff(positions[a:b]) != 1):
+            if positions[a] != start or (b - a > 1 and np.any(np.diff(positions[a:b]) != 1)):
                 raise ContextError(f"positions must continue sequence {s} at {start}")
             if start + (b - a) > kv.n_ctx:
                 raise ContextError(f"{start + b - a} tokens do not fit the context window of {kv.n_ctx}")
         # small groups first (their rows share the decode kernels), then the large ones; rows permuted to match
         order = sorted(range(len(groups)), key=lambda i: (groups[i][2] - groups[i][1] > DECODE_MAX, i))
-        perm = np.concatenate([np.arange(groups[i][1], groups[i][2]) for i in order])
+        perm = (np.arange(n) if order == list(range(len(groups)))
+                else np.concatenate([np.arange(groups[i][1], groups[i][2]) for i in order]))
         pgroups, r = [], 0
         for i in order:
             s, a, b = groups[i]
@@ -327,8 +341,13 @@ class LlamaModel:
         act = np.empty((n, cfg.n_ff), dtype=np.float32)
         scale = np.float32(1.0 / np.sqrt(cfg.head_dim_k))
 
+        indep = self._rows_independent
+
         def mm(lin, inp):
-            return apply_calls(lin, inp, calls[rows_independent(lin)])
+            key = id(lin)
+            if key not in indep:
+                indep[key] = rows_independent(lin)
+            return apply_calls(lin, inp, calls[indep[key]])
 
         for il, L in enumerate(self.layers):
             ops.rms_norm(x, L.attn_norm, cfg.rms_eps, h)

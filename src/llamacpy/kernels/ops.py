@@ -292,54 +292,77 @@ def store_kv_paged(k, v, k_pool, v_pool, table, seqs, cells):
                 v_pool[blk, h, off, i] = f32_to_f16_bits(v[t, h * dv + i])
 
 
-@nb.njit(parallel=True, **_JIT)
 def attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out):
     """Causal attention of each row over its own sequence's cells 0..cells[t] (its own key included; already
     stored), grouped-query KV heads; q rounded to f16 and the probabilities rounded to f16 as llama.cpp's
-    F16-cache KQ/KQV products do. Each row is computed alone (one (row, head) job): its result does not depend
-    on the other rows.  q: (n_tokens, n_head * dk); out: (n_tokens, n_head * dv)."""
+    F16-cache KQ/KQV products do. Each (row, head) is computed alone by the same code whatever the other rows
+    and the job split are: its result does not depend on the batch.
+    q: (n_tokens, n_head * dk); k_pool/v_pool: (n_blocks, n_head_kv, KV_BLOCK, d); out: (n_tokens, n_head * dv)."""
+    n = q.shape[0]
+    n_head_kv = k_pool.shape[1]
+    group = n_head // n_head_kv
+    # query heads of one KV head share each converted K/V row; split a group only to give every thread a job
+    jobs_wanted = 2 * nb.get_num_threads()
+    n_chunks = max(1, min(group, -(-jobs_wanted // max(1, n * n_head_kv))))
+    while group % n_chunks:
+        n_chunks += 1
+    _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks)
+
+
+@nb.njit(parallel=True, **_JIT)
+def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks):
     n = q.shape[0]
     _, n_head_kv, _, dk = k_pool.shape
     dv = v_pool.shape[3]
     group = n_head // n_head_kv
-    for job in nb.prange(n * n_head):
-        t = job // n_head
-        h = job % n_head
-        kvh = h // group
+    hc = group // n_chunks  # query heads per job
+    for job in nb.prange(n * n_head_kv * n_chunks):
+        t = job // (n_head_kv * n_chunks)
+        kvh = (job // n_chunks) % n_head_kv
+        h0 = kvh * group + (job % n_chunks) * hc
         s_id = seqs[t]
         n_kv = cells[t] + 1
-        scores = np.empty(n_kv, dtype=np.float32)
-        qoff = h * dk
-        qh = np.empty(dk, dtype=np.float32)
-        for i in range(dk):
-            qh[i] = f32_round_f16(q[t, qoff + i])
-        mx = -np.inf
-        for j in range(n_kv):
-            blk = table[s_id, j >> KV_BLOCK_SHIFT]
-            off = j & (KV_BLOCK - 1)
-            s = np.float32(0.0)
+        scores = np.empty((hc, n_kv), dtype=np.float32)
+        qh = np.empty((hc, dk), dtype=np.float32)
+        row = np.empty(max(dk, dv), dtype=np.float32)
+        mx = np.full(hc, -np.inf, dtype=np.float32)
+        for a in range(hc):
             for i in range(dk):
-                s += qh[i] * f16_bits_to_f32(k_pool[blk, kvh, off, i])
-            s *= scale
-            scores[j] = s
-            if s > mx:
-                mx = s
-        tot = np.float32(0.0)
-        for j in range(n_kv):
-            e = np.float32(math.exp(scores[j] - mx))
-            scores[j] = e
-            tot += e
-        inv = np.float32(1.0) / tot
-        ooff = h * dv
-        acc = np.zeros(dv, dtype=np.float32)
+                qh[a, i] = f32_round_f16(q[t, (h0 + a) * dk + i])
         for j in range(n_kv):
             blk = table[s_id, j >> KV_BLOCK_SHIFT]
             off = j & (KV_BLOCK - 1)
-            p = f32_round_f16(scores[j] * inv)
+            for i in range(dk):
+                row[i] = f16_bits_to_f32(k_pool[blk, kvh, off, i])
+            for a in range(hc):
+                s = np.float32(0.0)
+                for i in range(dk):
+                    s += qh[a, i] * row[i]
+                s *= scale
+                scores[a, j] = s
+                if s > mx[a]:
+                    mx[a] = s
+        inv = np.empty(hc, dtype=np.float32)
+        for a in range(hc):
+            tot = np.float32(0.0)
+            for j in range(n_kv):
+                e = np.float32(math.exp(scores[a, j] - mx[a]))
+                scores[a, j] = e
+                tot += e
+            inv[a] = np.float32(1.0) / tot
+        acc = np.zeros((hc, dv), dtype=np.float32)
+        for j in range(n_kv):
+            blk = table[s_id, j >> KV_BLOCK_SHIFT]
+            off = j & (KV_BLOCK - 1)
             for i in range(dv):
-                acc[i] += p * f16_bits_to_f32(v_pool[blk, kvh, off, i])
-        for i in range(dv):
-            out[t, ooff + i] = acc[i]
+                row[i] = f16_bits_to_f32(v_pool[blk, kvh, off, i])
+            for a in range(hc):
+                p = f32_round_f16(scores[a, j] * inv[a])
+                for i in range(dv):
+                    acc[a, i] += p * row[i]
+        for a in range(hc):
+            for i in range(dv):
+                out[t, (h0 + a) * dv + i] = acc[a, i]
 
 
 @nb.njit(parallel=True, **_JIT)

@@ -119,10 +119,16 @@ async def collect(state, request, jobs: list[Job]) -> list[R.Completion]:
             absorb(state, c, ev, j.n_probs)
 
     try:
+        def cancel_all():
+            for b in bridges:
+                b.cancel()
+
         await until_done_or_disconnect(asyncio.gather(*(run_one(b, c, j) for b, c, j in zip(bridges, comps, jobs))),
-                                       request.receive)
+                                       request.receive, cancel_all)
     except RequestTimeout as e:
         raise unavailable(str(e)) from None
+    except Disconnected:  # nobody reads the answer; the requests are cancelled below
+        raise APIError("client disconnected", "invalid_request") from None
     finally:
         for b in bridges:
             b.cancel()
@@ -164,11 +170,11 @@ class SSEResponse(Response):
                 if exc is not None and not isinstance(exc, OSError):
                     raise exc
         finally:
+            self.on_close()  # first: the engine stops generating for a client that is gone
             watcher.cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            self.on_close()
             await self.gen.aclose()
 
 

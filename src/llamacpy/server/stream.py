@@ -57,11 +57,18 @@ class EventBridge:
         """The next TokenEvent, or None after the final one. Raises RequestTimeout after `timeout` s of silence."""
         if self.finished:
             return None
+        # not asyncio.wait_for: on Python < 3.12 it can swallow a cancellation that races a completed get()
+        get = asyncio.ensure_future(self.queue.get())
         try:
-            ev = await asyncio.wait_for(self.queue.get(), self.timeout)
-        except asyncio.TimeoutError:
+            done, _ = await asyncio.wait({get}, timeout=self.timeout)
+        except BaseException:
+            get.cancel()
+            raise
+        if not done:
+            get.cancel()
             self.cancel()
-            raise RequestTimeout(f"no token for {self.timeout:g} s (-to/--timeout); request cancelled") from None
+            raise RequestTimeout(f"no token for {self.timeout:g} s (-to/--timeout); request cancelled")
+        ev = get.result()
         if ev.finish_reason is not None:
             self.finished = True
         return ev
@@ -84,14 +91,16 @@ async def watch_disconnect(receive) -> None:
             return
 
 
-async def until_done_or_disconnect(coro, receive):
-    """Run `coro`; if the client disconnects first, cancel it and raise Disconnected."""
+async def until_done_or_disconnect(coro, receive, on_disconnect):
+    """Run `coro`; if the client disconnects first, call on_disconnect() at once (cancelling the engine
+    requests, so nothing keeps generating for nobody), cancel `coro` and raise Disconnected."""
     task = asyncio.ensure_future(coro)
     watcher = asyncio.ensure_future(watch_disconnect(receive))
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
+        on_disconnect()
         task.cancel()
         try:
             await task
