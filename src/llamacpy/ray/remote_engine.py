@@ -184,12 +184,21 @@ class RemoteRequest:
 
     def pump(self, on_event) -> None:
         """Deliver every event to on_event; a refusal or failure becomes the final "error" event."""
+        it = iter(self)
         try:
-            for ev in self:
-                on_event(ev)
+            for ev in it:
+                try:
+                    on_event(ev)
+                except Exception:  # the listener is gone (as Engine: its own request is cancelled, nothing else)
+                    self.cancel()
+                    it.close()
+                    return
         except Exception as e:
             msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-            on_event(self._final("error", msg))
+            try:
+                on_event(self._final("error", msg))
+            except Exception:
+                pass
 
     def __iter__(self):
         from ..engine import QueueFull
