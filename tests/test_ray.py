@@ -117,6 +117,90 @@ def test_serve_run_config_example_builds(tmp_path):
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
 
 
+class _FakeStream:
+    """A DeploymentResponseGenerator stand-in: yields `items`; an exception item is raised there."""
+
+    def __init__(self, items):
+        self.items = items
+        self.cancelled = False
+
+    def __iter__(self):
+        for it in self.items:
+            if isinstance(it, BaseException):
+                raise it
+            yield it
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _FakeHandle:
+    """DeploymentHandle stand-in for RemoteEngine: each generate call takes the next scripted stream."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)
+        self.calls = []
+        self.generate = self
+
+    def options(self, **kw):
+        return self
+
+    def remote(self, req, route_key=None):
+        self.calls.append(route_key)
+        return _FakeStream(self.scripts.pop(0))
+
+
+def _events(texts, final="stop"):
+    from llamacpy.engine import TokenEvent
+
+    return [TokenEvent(token=i, text=t) for i, t in enumerate(texts)] + [TokenEvent(None, "", finish_reason=final)]
+
+
+def test_remote_engine_retries_only_before_anything_was_delivered():
+    E = pytest.importorskip("ray.exceptions")
+    from llamacpy.engine import CompletionRequest
+    from llamacpy.ray.remote_engine import RemoteEngine
+
+    accepted = {"accepted": {"replica": "r1", "pid": 1, "host": "h"}}
+    # the first replica dies before its first token: the request goes to another replica, the client sees nothing
+    h = _FakeHandle([[accepted, E.ActorDiedError()], [dict(accepted, accepted={"replica": "r2"}), _events("ab")]])
+    eng = RemoteEngine(h, n_vocab=100, n_slots=2, n_ctx_slot=64)
+    evs = list(eng.submit(CompletionRequest(prompt_tokens=list(range(40)))))
+    assert [e.text for e in evs] == ["a", "b", ""] and evs[-1].finish_reason == "stop" and len(h.calls) == 2
+    assert h.calls[0] == prefix_key(list(range(40)))  # the routing key travels with every attempt
+    assert eng.replica_table()["r2"]["served"] == 1 and "r1" not in eng.replica_table()
+    # the replica dies after a token was delivered: no retry (the client already has output), an error final event
+    h = _FakeHandle([[accepted, _events("a")[:1], E.ActorDiedError()], [accepted, _events("zz")]])
+    eng = RemoteEngine(h, n_vocab=100, n_slots=2, n_ctx_slot=64)
+    evs = list(eng.submit(CompletionRequest(prompt_tokens=[1, 2, 3])))
+    assert [e.text for e in evs[:-1]] == ["a"] and evs[-1].finish_reason == "error" and "lost" in evs[-1].error
+    assert len(h.calls) == 1
+    # every attempt dies: an error final event after 1 + retries attempts
+    h = _FakeHandle([[E.ActorDiedError()]] * 3)
+    evs = list(RemoteEngine(h, 100, 2, 64, retries=2).submit(CompletionRequest(prompt_tokens=[1])))
+    assert evs[-1].finish_reason == "error" and len(h.calls) == 3
+    # on_event (as the server submits): a refusal by the replica's engine becomes the final error event
+    got = []
+    h = _FakeHandle([[{"refused": "busy", "message": "all 2 slots are busy"}]])
+    r = RemoteEngine(h, 100, 2, 64).submit(CompletionRequest(prompt_tokens=[1]), on_event=got.append)
+    _wait(lambda: got, 10, "the refusal event", 0.05)
+    assert got[-1].finish_reason == "error" and "busy" in got[-1].error and r.done
+
+
+def test_remote_engine_validates_like_the_engine():
+    from llamacpy.engine import CompletionRequest, InvalidRequest
+    from llamacpy.errors import ContextError
+    from llamacpy.ray.remote_engine import RemoteEngine
+
+    eng = RemoteEngine(_FakeHandle([]), n_vocab=100, n_slots=2, n_ctx_slot=8)
+    for req, err in ((CompletionRequest(prompt_tokens=[]), InvalidRequest),
+                     (CompletionRequest(prompt_tokens=[100]), InvalidRequest),
+                     (CompletionRequest(prompt_tokens=[1], id_slot=2), InvalidRequest),
+                     (CompletionRequest(prompt_tokens=list(range(8)), context_shift=False), ContextError)):
+        with pytest.raises(err):
+            eng.submit(req)
+
+
 # -- the cluster -----------------------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
