@@ -29,19 +29,6 @@ KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
 _JIT = dict(cache=True, nogil=True, fastmath=True)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def round_f16(x):
-    """x rounded to the nearest float16 value (ties to even), returned as float32 (numba has no CPU float16)."""
-    if x == 0.0 or not math.isfinite(x):
-        return np.float32(x)
-    m, e = math.frexp(np.float64(x))  # x = m * 2**e, 0.5 <= |m| < 1; float16 keeps 11 significant bits
-    ulp_exp = max(e - 11, -24)  # below 2**-14 float16 is subnormal with a fixed ulp of 2**-24
-    r = np.rint(np.float64(x) * 2.0 ** (-ulp_exp)) * 2.0 ** ulp_exp
-    if abs(r) > 65504.0:
-        return np.float32(math.copysign(np.inf, x))
-    return np.float32(r)
-
-
 @nb.njit(**_JIT)
 def rms_norm(x, w, eps, out):
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w.   x, out: (n_tokens, n_embd); w: (n_embd,)"""
@@ -95,21 +82,6 @@ def rope_inplace(x, n_head, head_dim, n_rot, cos, sin, rows):
                 b = x[t, base + 2 * i + 1]
                 x[t, base + 2 * i] = a * c - b * s
                 x[t, base + 2 * i + 1] = a * s + b * c
-
-
-@nb.njit(**_JIT)
-def store_kv(k, v, k_cache, v_cache, start):
-    """Write new keys/values, rounded to f16 as llama.cpp's F16 cache stores them.
-    k: (n_tokens, n_head_kv * head_dim_k); k_cache: (n_head_kv, n_ctx, head_dim_k); cells start..start+n."""
-    n = k.shape[0]
-    n_head_kv, _, dk = k_cache.shape
-    dv = v_cache.shape[2]
-    for t in range(n):
-        for h in range(n_head_kv):
-            for i in range(dk):
-                k_cache[h, start + t, i] = round_f16(k[t, h * dk + i])
-            for i in range(dv):
-                v_cache[h, start + t, i] = round_f16(v[t, h * dv + i])
 
 
 # Batches of at least this many query tokens take the BLAS attention (two sgemm per KV head) instead of the
@@ -221,26 +193,6 @@ def attention_loops(q, k_cache, v_cache, start, n_head, scale, out):
             p = f32_round_f16(scores[j] * inv)  # the KQV product rounds the probabilities to f16 likewise
             for i in range(dv):
                 out[t, ooff + i] += p * v_cache[kvh, j, i]
-
-
-@nb.njit(**_JIT)
-def shift_kv(k_cache, v_cache, keep, n_discard, n_used, cos, sin, n_rot):
-    """Context shift of one sequence: drop cells keep..keep+n_discard-1, move the later cells down and
-    re-rotate their keys by -n_discard positions (cos/sin: (1, n_rot/2) of that offset), keys re-rounded to f16."""
-    n_head_kv, _, dk = k_cache.shape
-    half = n_rot // 2
-    for h in range(n_head_kv):
-        for j in range(keep + n_discard, n_used):
-            d = j - n_discard
-            for i in range(dk):
-                k_cache[h, d, i] = k_cache[h, j, i]
-            for i in range(v_cache.shape[2]):
-                v_cache[h, d, i] = v_cache[h, j, i]
-            for i in range(half):
-                a = k_cache[h, d, 2 * i]
-                b = k_cache[h, d, 2 * i + 1]
-                k_cache[h, d, 2 * i] = round_f16(a * cos[0, i] - b * sin[0, i])
-                k_cache[h, d, 2 * i + 1] = round_f16(a * sin[0, i] + b * cos[0, i])
 
 
 @nb.njit(**_JIT)

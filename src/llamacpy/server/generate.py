@@ -79,7 +79,7 @@ def absorb(state, c: R.Completion, ev, n_probs: int) -> R.TokenProbs | None:
         c.stop_word = ev.stop_word
         c.timings = ev.timings or {}
         c.id_slot = int(c.timings.get("id_slot", -1))
-        c.n_cached = len(c.prompt_tokens) + c.n_decoded  # llama-server's tokens_cached: the slot's n_past
+        c.n_cached = c.n_prompt + c.n_predicted  # llama-server's tokens_cached: the slot's n_past
         c.error = ev.error
     return tp
 

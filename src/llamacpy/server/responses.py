@@ -161,7 +161,7 @@ def native_final(c: Completion, index: int, stream: bool, model: str, settings: 
         "generation_settings": settings,
         "prompt": prompt_text,
         "has_new_line": "\n" in c.text,
-        "truncated": False,
+        "truncated": bool((c.timings or {}).get("truncated", False)),
         "stop_type": stop_type(c),
         "stopping_word": c.stop_word or "",
         "tokens_cached": c.n_cached,
