@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(*_alias("--presence-penalty"), dest="presence_penalty", type=float, default=0.0)
     g.add_argument(*_alias("-l", "--logit-bias"), dest="logit_bias", action="append", default=[],
                    metavar="TOKEN_ID(+/-)BIAS")
+    r = p.add_argument_group("Ray Serve (pip install 'llamacpy[ray]')")
+    r.add_argument("--ray", action="store_true", help="serve through replicas on a Ray cluster")
+    r.add_argument("--replicas", type=int, default=None, help="number of model replicas (default 1)")
+    r.add_argument("--min-replicas", dest="min_replicas", type=int, default=None, help="autoscale from this many")
+    r.add_argument("--max-replicas", dest="max_replicas", type=int, default=None, help="autoscale up to this many")
+    r.add_argument("--ray-address", dest="ray_address", default=None,
+                   help="join this Ray cluster (e.g. auto or HOST:6379; default: start a local one)")
+    r.add_argument("--replica-cpus", dest="replica_cpus", type=float, default=None,
+                   help="Ray CPUs per replica (default: -t, else 1)")
     return p
 
 
@@ -151,6 +160,14 @@ def config_from_args(args):
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    ray_flags = (args.replicas, args.min_replicas, args.max_replicas, args.ray_address, args.replica_cpus)
+    if args.ray:
+        from .ray.deploy import options_from_args
+        from .ray.launch import serve_ray
+
+        return serve_ray(cfg, options_from_args(args))
+    if any(v is not None for v in ray_flags):
+        raise UsageError("--replicas, --min-replicas, --max-replicas, --ray-address and --replica-cpus need --ray")
     return serve(cfg)
 
 

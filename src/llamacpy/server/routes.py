@@ -232,7 +232,7 @@ def build_router(state) -> APIRouter:
                              "n_remain": n_predict - n_decoded if n_predict >= 0 else -1, "n_decoded": n_decoded,
                              "stopping_word": ""}
         out["params"] = p
-        for k in ("state", "n_prompt_tokens", "n_cached"):
+        for k in ("state", "n_prompt_tokens", "n_cached", "replica", "replica_served"):  # replica*: serve --ray
             if k in s:
                 out[k] = s[k]
         return out
