@@ -16,13 +16,14 @@ import threading
 
 from .cli_run import UsageError, _alias, _Parser, parse_logit_bias
 from .errors import LlamacpyError
+from .model_source import add_model_args, resolve_model
 from .sampling import SamplingParams
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llamacpy serve", description="Serve a GGUF model over HTTP (llama-server's API and "
                 "the OpenAI API).", allow_abbrev=False)
-    p.add_argument(*_alias("-m", "--model"), dest="model", required=True, help="path to the GGUF model")
+    add_model_args(p)  # -m / -hf / -hff / -hft / -mu, as every command (default: the built-in demo model)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 = any free port)")
     p.add_argument(*_alias("-a", "--alias"), dest="alias", default=None, help="model name reported by the API")
@@ -124,6 +125,7 @@ def sampling_defaults(args) -> SamplingParams:
 def config_from_args(args):
     from .server.state import DEFAULT_MAX_BODY, ServerConfig
 
+    args.model = resolve_model(args)  # a -hf / -mu model is downloaded (into the hub's cache) before listening
     if not os.path.isfile(args.model):
         raise UsageError(f"-m/--model: no such file {args.model!r}")
     checks = [(args.parallel >= 1, f"-np/--parallel must be >= 1, got {args.parallel}"),
