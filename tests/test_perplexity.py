@@ -122,4 +122,6 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr("sys.stderr", term)
     out = ppl_cli(capsys, "stories260K.gguf", "--chunks", 2)
     assert out.returncode == 0
-    assert "perplexity:" in term.buf.getvalue() and "2/2" in term.buf.getvalue()  # stdout is captured: bar drawn
+    # stdout is captured, stderr "is" a terminal: a bar is drawn (its unit shows; how far it got before tqdm's
+    # first refresh depends on the machine's speed, so no count is asserted)
+    assert "perplexity:" in term.buf.getvalue() and "chunk/s" in term.buf.getvalue()
