@@ -98,10 +98,12 @@ def test_forcing_an_absent_level_is_one_clear_line(tmp_path):
     from shared import models_dir
 
     env = dict(os.environ, LLAMACPY_ISA=lacking)
-    r = subprocess.run([sys.executable, "-m", "llamacpy", "bench", "-m", str(models_dir() / "stories260K.gguf"),
-                        "-p", "0", "-n", "1", "-r", "1"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0
-    assert "LLAMACPY_ISA" in r.stderr and "Traceback" not in r.stderr
+    model = str(models_dir() / "stories260K.gguf")  # F32: no SIMD kernel is ever called -- refused at load
+    for cmd in (["bench", "-m", model, "-p", "0", "-n", "1", "-r", "1"], ["run", "-m", model, "-p", "hi", "-n", "1"]):
+        r = subprocess.run([sys.executable, "-m", "llamacpy", *cmd], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert r.returncode != 0
+        assert "LLAMACPY_ISA" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("level", X86 + ["neon"])
