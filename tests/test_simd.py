@@ -98,10 +98,12 @@ def test_forcing_an_absent_level_is_one_clear_line(tmp_path):
     from shared import models_dir
 
     env = dict(os.environ, LLAMACPY_ISA=lacking)
-    r = subprocess.run([sys.executable, "-m", "llamacpy", "bench", "-m", str(models_dir() / "stories260K.gguf"),
-                        "-p", "0", "-n", "1", "-r", "1"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0
-    assert "LLAMACPY_ISA" in r.stderr and "Traceback" not in r.stderr
+    model = str(models_dir() / "stories260K.gguf")  # F32: no SIMD kernel is ever called -- refused at load
+    for cmd in (["bench", "-m", model, "-p", "0", "-n", "1", "-r", "1"], ["run", "-m", model, "-p", "hi", "-n", "1"]):
+        r = subprocess.run([sys.executable, "-m", "llamacpy", *cmd], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert r.returncode != 0
+        assert "LLAMACPY_ISA" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("level", X86 + ["neon"])
@@ -125,3 +127,21 @@ def test_simd_kquant_matches_reference(level, typ, n_out, n_in):
         y = np.full((n, n_out), np.nan, np.float32)
         KS.MV[int(typ)](tok, *packed, *KS.prep(int(typ), level, qx, d, bsums), y)
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), (level, n)
+
+
+def test_info_and_bench_print_the_level(capsys, monkeypatch):
+    from llamacpy import bench, cli_info
+    from llamacpy.kernels import repack_cache
+    from shared import models_dir
+
+    monkeypatch.setattr(repack_cache, "_enabled", None)  # restored afterwards (--no-repack-cache sets it)
+    monkeypatch.setenv("LLAMACPY_REPACK_CACHE", "/tmp/somewhere-llamacpy")
+    assert cli_info.main([str(models_dir() / "stories260K.gguf"), "--no-tensors"]) == 0
+    out = capsys.readouterr().out
+    assert f"SIMD level {isa.level()}" in out and "Repack cache: /tmp/somewhere-llamacpy" in out
+    assert bench.main(["-m", str(models_dir() / "stories260K.gguf"), "-p", "0", "-n", "2", "-r", "1", "-t", "1",
+                       "-o", "json", "--no-repack-cache"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)[0]["isa"] == isa.level()
+    assert not repack_cache.enabled()

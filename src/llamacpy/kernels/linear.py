@@ -418,6 +418,7 @@ def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: s
     """The Linear for a GGUF tensor; raises ModelError naming the tensor for unsupported types.
     `repack=False` keeps a quantized matrix in its file layout (generic decode kernel; used for tables that are
     only read by rows, and by tests)."""
+    isa.level()  # an LLAMACPY_ISA this CPU lacks is refused here, at load (IsaError: one line from the CLI)
     if ggml_type not in SUPPORTED:
         raise ModelError(f"tensor {name!r}: unsupported tensor type {ggml_type_name(ggml_type)}")
     if len(shape) != 2:
