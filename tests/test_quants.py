@@ -210,6 +210,10 @@ def test_f16_and_f32_passthrough():
 # (legacy: half a step, or a whole step for the clipped end of the symmetric types: Q4_0 1/8, Q5_0 1/16)
 _ROUNDTRIP_BOUND = {Q.Q8_0: 0.0045, Q.Q4_0: 0.1251, Q.Q4_1: 0.0667, Q.Q5_0: 0.0626, Q.Q5_1: 0.0323,
                     Q.Q2_K: 0.45, Q.Q3_K: 0.22, Q.Q4_K: 0.1, Q.Q5_K: 0.05, Q.Q6_K: 0.025}
+# largest multiple of a block's f16 scale(s) in one dequantized weight (see test_roundtrip_property)
+_F16_SCALE_FACTOR = {Q.Q8_0: 127, Q.Q4_0: 8, Q.Q4_1: 15 + 1, Q.Q5_0: 16, Q.Q5_1: 31 + 1,
+                     Q.Q2_K: 15 * 3 + 15, Q.Q3_K: 32 * 4, Q.Q4_K: 63 * 15 + 63, Q.Q5_K: 63 * 31 + 63,
+                     Q.Q6_K: 128 * 32}
 # rms error relative to the rms of x
 _RMS_BOUND = {Q.Q8_0: 0.007, Q.Q4_0: 0.12, Q.Q4_1: 0.1, Q.Q5_0: 0.06, Q.Q5_1: 0.05,
               Q.Q2_K: 0.4, Q.Q3_K: 0.2, Q.Q4_K: 0.1, Q.Q5_K: 0.05, Q.Q6_K: 0.025}
@@ -256,8 +260,9 @@ def test_roundtrip_property(t, n_rows, scale, seed):
     y = Q.dequantize(Q.quantize(x, t), t, x.shape)
     err = np.abs(y - x).reshape(-1, qt.block_size).max(1)
     # f16 scales of tiny blocks are subnormal (steps of 2**-24, so off by up to 2**-25), and that scale error is
-    # multiplied by the quant level: up to 127 for Q8_0 -> 127 * 2**-25 < 2**-17
-    slack = 2.0 ** -17
+    # multiplied by the largest factor a weight's value takes from it: the quant level (127 for Q8_0), and for
+    # k-quants the 4/6/8-bit sub-block scale times the quant level, plus the min term (Q5_K: 63 * 31 + 63)
+    slack = 2.0 ** -25 * _F16_SCALE_FACTOR[t] * 1.01
     assert (err <= _ROUNDTRIP_BOUND[t] * np.abs(x).reshape(-1, qt.block_size).max(1) * 1.01 + slack).all()
 
 
