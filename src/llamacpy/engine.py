@@ -156,6 +156,24 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def check_request(req: CompletionRequest, n_vocab: int, n_slots: int, n_ctx_slot: int) -> None:
+    """What `Engine.submit` refuses (InvalidRequest / ContextError / ValueError from the params); on success the
+    prompt is normalised to a list of ints. Shared with engines that forward requests elsewhere (ray/)."""
+    toks = [int(t) for t in req.prompt_tokens]
+    if not toks:
+        raise InvalidRequest("the prompt is empty")
+    bad = [t for t in toks if not 0 <= t < n_vocab]
+    if bad:
+        raise InvalidRequest(f"token id {bad[0]} out of range [0, {n_vocab})")
+    if not -1 <= req.id_slot < n_slots:
+        raise InvalidRequest(f"id_slot {req.id_slot} out of range [-1, {n_slots - 1}]")
+    if not req.context_shift and len(toks) >= n_ctx_slot:
+        raise ContextError(f"the request exceeds the available context size ({len(toks)} prompt tokens, "
+                           f"{n_ctx_slot} per slot), try increasing it")
+    req.params.validate()
+    req.prompt_tokens = toks
+
+
 class Engine:
     """Serve completions from `n_slots` parallel sequences of `model`, each of up to n_ctx_slot tokens
     (default: the model's n_ctx split evenly, as llama-server's -c / -np). The engine thread starts here."""
@@ -199,19 +217,7 @@ class Engine:
         `lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev)`).
         Raises QueueFull when the wait queue is full, ContextError when the prompt does not fit a slot and
         req.context_shift is False, InvalidRequest for an empty prompt / bad token ids / bad id_slot."""
-        toks = [int(t) for t in req.prompt_tokens]
-        if not toks:
-            raise InvalidRequest("the prompt is empty")
-        bad = [t for t in toks if not 0 <= t < self.n_vocab]
-        if bad:
-            raise InvalidRequest(f"token id {bad[0]} out of range [0, {self.n_vocab})")
-        if not -1 <= req.id_slot < self.n_slots:
-            raise InvalidRequest(f"id_slot {req.id_slot} out of range [-1, {self.n_slots - 1}]")
-        if not req.context_shift and len(toks) >= self.n_ctx_slot:
-            raise ContextError(f"the request exceeds the available context size ({len(toks)} prompt tokens, "
-                               f"{self.n_ctx_slot} per slot), try increasing it")
-        req.params.validate()
-        req.prompt_tokens = toks
+        check_request(req, self.n_vocab, self.n_slots, self.n_ctx_slot)
         h = RequestHandle(self, req, on_event)
         with self._cv:
             if self._stop:

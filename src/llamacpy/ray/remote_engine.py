@@ -55,22 +55,9 @@ class RemoteEngine:
 
     # -- the Engine interface ---------------------------------------------------------------------------------
     def submit(self, req, on_event=None):
-        from ..engine import InvalidRequest, QueueFull
-        from ..errors import ContextError
+        from ..engine import QueueFull, check_request
 
-        toks = [int(t) for t in req.prompt_tokens]
-        if not toks:
-            raise InvalidRequest("the prompt is empty")
-        bad = [t for t in toks if not 0 <= t < self.n_vocab]
-        if bad:
-            raise InvalidRequest(f"token id {bad[0]} out of range [0, {self.n_vocab})")
-        if not -1 <= req.id_slot < self.n_slots:
-            raise InvalidRequest(f"id_slot {req.id_slot} out of range [-1, {self.n_slots - 1}]")
-        if not req.context_shift and len(toks) >= self.n_ctx_slot:
-            raise ContextError(f"the request exceeds the available context size ({len(toks)} prompt tokens, "
-                               f"{self.n_ctx_slot} per slot), try increasing it")
-        req.params.validate()
-        req.prompt_tokens = toks
+        check_request(req, self.n_vocab, self.n_slots, self.n_ctx_slot)
         if self._stop:
             raise QueueFull("the server is shutting down")
         h = RemoteRequest(self, req)
