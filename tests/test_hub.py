@@ -135,3 +135,20 @@ def test_cli_run_with_hf_flag(fake, tmp_path):
                          capture_output=True, timeout=300, env=env)
     err = out.stderr.decode().strip()
     assert out.returncode == 1 and "Traceback" not in err and err.startswith("error: -hf ggml-org/plain:Q2_K")
+
+
+def test_serve_passes_the_download_to_each_ray_replica(fake, tmp_path, monkeypatch):
+    """`serve -hf`: the config keeps the -hf flags, and a replica on another node (another HF cache) resolves
+    them to its own local copy -- no shared disk needed."""
+    from llamacpy import cli_serve
+    from llamacpy.ray.replica import on_this_node
+
+    cfg = cli_serve.config_from_args(cli_serve.build_parser().parse_args(["-hf", "ggml-org/stories:Q4_0"]))
+    assert cfg.model.endswith("stories260K-Q4_0.gguf") and cfg.model.startswith(str(tmp_path / "hf"))
+    assert cfg.model_source["hf_repo"] == "ggml-org/stories:Q4_0"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "other-node"))
+    node_cfg = on_this_node(cfg)
+    assert node_cfg.model.startswith(str(tmp_path / "other-node"))
+    assert open(node_cfg.model, "rb").read() == open(cfg.model, "rb").read()
+    plain = cli_serve.config_from_args(cli_serve.build_parser().parse_args(["-m", str(models_dir() / "stories260K.gguf")]))
+    assert plain.model_source is None and on_this_node(plain) is plain

@@ -148,8 +148,10 @@ def config_from_args(args):
                 template = f.read()
         except OSError as e:
             raise UsageError(f"cannot read --chat-template-file {args.chat_template_file!r}: {e.strerror}") from None
+    source = {k: getattr(args, k) for k in ("hf_repo", "hf_file", "hf_token", "model_url")}
     return ServerConfig(
-        model=args.model, host=args.host, port=args.port, alias=args.alias, n_ctx=args.ctx_size,
+        model=args.model, model_source=source if (args.hf_repo or args.model_url) else None,
+        host=args.host, port=args.port, alias=args.alias, n_ctx=args.ctx_size,
         n_parallel=args.parallel, n_threads=args.threads, n_batch=args.batch_size, queue_size=args.queue_size,
         api_keys=read_api_keys(args), chat_template=template, jinja=args.jinja or bool(args.chat_template_file),
         context_shift=not args.no_context_shift, endpoint_metrics=args.metrics, endpoint_slots=args.slots,

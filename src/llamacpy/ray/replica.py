@@ -12,6 +12,7 @@ Must not: parse HTTP or shape responses (the ingress runs the server's routes) o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 
@@ -19,6 +20,18 @@ METRICS_PERIOD_S = 2.0
 GAUGES = ("requests_processing", "requests_deferred", "kv_cache_tokens", "kv_cache_usage_ratio")
 COUNTERS = (("prompt_tokens", "prompt_tokens_total"), ("tokens_predicted", "tokens_predicted_total"),
             ("n_decode", "n_decode_total"), ("requests", "requests_total"))
+
+
+def on_this_node(cfg):
+    """The config with `model` a path on this node: a model given by -hf / -mu is downloaded into (or found in)
+    this node's own cache, so replicas on other machines need no shared disk; a -m path is used as it is."""
+    if not cfg.model_source:
+        return cfg
+    from types import SimpleNamespace
+
+    from ..model_source import resolve_model
+
+    return dataclasses.replace(cfg, model=resolve_model(SimpleNamespace(model=None, **cfg.model_source)))
 
 
 class LlamaReplica:
@@ -29,6 +42,7 @@ class LlamaReplica:
 
         from ..server.state import ServerState
 
+        cfg = on_this_node(cfg)
         self.cfg = cfg
         self.state = ServerState(cfg)
         self.state.load()  # the same load as `llamacpy serve`; a bad file fails the replica (Ray reports it)

@@ -22,6 +22,8 @@ DEFAULT_MAX_BODY = 8 << 20  # bytes; larger bodies get 413 (a 128k-token prompt 
 @dataclass
 class ServerConfig:
     model: str
+    # -hf / -hff / -hft / -mu as given (None for -m): a Ray replica on another node downloads into its own cache
+    model_source: dict | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     alias: str | None = None
