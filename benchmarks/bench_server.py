@@ -120,6 +120,9 @@ async def ttft_under_long_prompt(url: str, n_long: int) -> tuple[float, float]:
 def run_server(srv: Server, args) -> dict:
     srv.wait_ready()
     res = {"server": srv.name, "tokens_per_s": {}}
+    # untimed warm-up at the largest client count: first-use kernel compiles and weight repacks are start-up
+    # costs (measured by benchmarks/cold_start.py), not serving speed
+    asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))
     for k in args.clients:
         res["tokens_per_s"][k] = asyncio.run(throughput(srv.url, k, args.requests, args.n_predict))
         print(f"  {srv.name}: {k} client(s): {res['tokens_per_s'][k]:.1f} t/s", file=sys.stderr, flush=True)
