@@ -9,8 +9,10 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
         dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
         to disk once, then memory-mapped).
-    prompt (n_tokens > DECODE_MAX): the same rounded activations in f32 times f32 weight tiles of ~TILE_BYTES
-        dequantized in numba, multiplied by numpy's sgemm (measured faster than a direct integer kernel).
+    prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the decode kernels DECODE_MAX rows a call
+        (Linear.prompt_by_decode: faster at every batch size measured); for the others, the same rounded
+        activations in f32 times f32 weight tiles of ~TILE_BYTES dequantized in numba, multiplied by numpy's
+        sgemm (measured faster than their generic integer kernels).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
 mmap.madvise(MADV_DONTNEED) after the repack and again after each prompt-path use (the page cache keeps the file;
 only the resident set of this process shrinks). Only pages of a read-only file mapping are ever advised.
