@@ -150,16 +150,7 @@ _PAGE = mmap.PAGESIZE
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # absent where the OS has no madvise (Windows)
 
 
-def _file_mapping(a: np.ndarray):
-    """The mmap.mmap object `a` views (through numpy bases / memoryviews), or None."""
-    b = a
-    while b is not None:
-        if isinstance(b, mmap.mmap):
-            return b
-        if isinstance(b, memoryview):
-            return b.obj if isinstance(b.obj, mmap.mmap) else None
-        b = getattr(b, "base", None)
-    return None
+_file_mapping = repack_cache._mmap_of  # the mmap.mmap object `a` views (through numpy bases / memoryviews), or None
 
 
 def _is_file_mapping(a: np.ndarray) -> bool:

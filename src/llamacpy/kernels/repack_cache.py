@@ -73,6 +73,7 @@ def describe() -> str:
 
 # -- where a raw array lives -----------------------------------------------------------------------------------
 def _mmap_of(a: np.ndarray):
+    """The mmap.mmap object `a` views (through numpy bases / memoryviews), or None."""
     b = a
     while b is not None:
         if isinstance(b, mmap.mmap):
