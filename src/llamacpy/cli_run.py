@@ -59,20 +59,6 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
                    help="prompt tokens evaluated per forward pass")
     p.add_argument(*_alias("-t", "--threads"), dest="threads", type=int, default=None,
                    help="threads (default: physical cores)")
-    p.add_argument(*_alias("-s", "--seed"), dest="seed", type=int, default=-1, help="RNG seed (-1 = random)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature (<= 0: greedy)")
-    p.add_argument(*_alias("--top-k"), dest="top_k", type=int, default=40)
-    p.add_argument(*_alias("--top-p"), dest="top_p", type=float, default=0.95)
-    p.add_argument(*_alias("--min-p"), dest="min_p", type=float, default=0.05)
-    p.add_argument(*_alias("--typical", "--typical-p"), dest="typical_p", type=float, default=1.0)
-    p.add_argument(*_alias("--repeat-penalty"), dest="repeat_penalty", type=float, default=1.0)
-    p.add_argument(*_alias("--repeat-last-n"), dest="repeat_last_n", type=int, default=64)
-    p.add_argument(*_alias("--frequency-penalty"), dest="frequency_penalty", type=float, default=0.0)
-    p.add_argument(*_alias("--presence-penalty"), dest="presence_penalty", type=float, default=0.0)
-    p.add_argument(*_alias("-l", "--logit-bias"), dest="logit_bias", action="append", default=[],
-                   metavar="TOKEN_ID(+/-)BIAS", help="add BIAS to a token's logit, e.g. 15043+1 or 2-inf (repeatable)")
-    p.add_argument(*_alias("--ignore-eos"), dest="ignore_eos", action="store_true",
-                   help="keep generating past end-of-generation tokens")
     p.add_argument(*_alias("--no-display-prompt"), dest="no_display_prompt", action="store_true",
                    help="do not echo the prompt")
     p.add_argument("--keep", type=int, default=0,
@@ -83,16 +69,31 @@ def build_parser(prog: str = "llamacpy run") -> argparse.ArgumentParser:
                    help="do not process escape sequences (\\n, \\t, ...) in the prompt")
     p.add_argument(*_alias("--verbose-prompt"), dest="verbose_prompt", action="store_true",
                    help="print the prompt tokens before generating")
-    _sampling_flags(p)
+    add_sampling_args(p)
     p.add_argument("--no-repack-cache", dest="no_repack_cache", action="store_true",
                    help="repack weights in memory instead of through the disk cache (kernels/repack_cache.py)")
     _interactive_flags(p)
     return p
 
 
-def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    """llama-cli's other sampler and grammar flags (defaults as in common_params_sampling)."""
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """llama-cli's sampler and grammar flags (defaults as in common_params_sampling); `sampling_params` turns
+    them into SamplingParams. Shared by run/chat and serve (where they are the requests' defaults)."""
     g = p.add_argument_group("sampling")
+    g.add_argument(*_alias("-s", "--seed"), dest="seed", type=int, default=-1, help="RNG seed (-1 = random)")
+    g.add_argument("--temp", type=float, default=0.8, help="temperature (<= 0: greedy)")
+    g.add_argument(*_alias("--top-k"), dest="top_k", type=int, default=40)
+    g.add_argument(*_alias("--top-p"), dest="top_p", type=float, default=0.95)
+    g.add_argument(*_alias("--min-p"), dest="min_p", type=float, default=0.05)
+    g.add_argument(*_alias("--typical", "--typical-p"), dest="typical_p", type=float, default=1.0)
+    g.add_argument(*_alias("--repeat-penalty"), dest="repeat_penalty", type=float, default=1.0)
+    g.add_argument(*_alias("--repeat-last-n"), dest="repeat_last_n", type=int, default=64)
+    g.add_argument(*_alias("--frequency-penalty"), dest="frequency_penalty", type=float, default=0.0)
+    g.add_argument(*_alias("--presence-penalty"), dest="presence_penalty", type=float, default=0.0)
+    g.add_argument(*_alias("-l", "--logit-bias"), dest="logit_bias", action="append", default=[],
+                   metavar="TOKEN_ID(+/-)BIAS", help="add BIAS to a token's logit, e.g. 15043+1 or 2-inf (repeatable)")
+    g.add_argument(*_alias("--ignore-eos"), dest="ignore_eos", action="store_true",
+                   help="keep generating past end-of-generation tokens")
     g.add_argument(*_alias("--top-nsigma", "--top-n-sigma"), dest="top_n_sigma", type=float, default=-1.0,
                    help="top-n-sigma: keep logits within N standard deviations of the max (-1 = off)")
     g.add_argument(*_alias("--xtc-probability"), dest="xtc_probability", type=float, default=0.0)

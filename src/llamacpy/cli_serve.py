@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from .cli_run import UsageError, _alias, _Parser, parse_logit_bias
+from .cli_run import UsageError, _alias, _Parser, add_sampling_args, sampling_params
 from .errors import LlamacpyError
 from .model_source import add_model_args, resolve_model
 from .sampling import SamplingParams
@@ -71,18 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(*_alias("-n", "--n-predict"), dest="n_predict", type=int, default=-1,
                    help="tokens to generate per request (-1 = until EOS or the context limit)")
     g.add_argument("--keep", type=int, default=0, help="prompt tokens kept when a slot's context shifts")
-    g.add_argument(*_alias("-s", "--seed"), dest="seed", type=int, default=-1, help="RNG seed (-1 = random)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature (<= 0: greedy)")
-    g.add_argument(*_alias("--top-k"), dest="top_k", type=int, default=40)
-    g.add_argument(*_alias("--top-p"), dest="top_p", type=float, default=0.95)
-    g.add_argument(*_alias("--min-p"), dest="min_p", type=float, default=0.05)
-    g.add_argument(*_alias("--typical", "--typical-p"), dest="typical_p", type=float, default=1.0)
-    g.add_argument(*_alias("--repeat-penalty"), dest="repeat_penalty", type=float, default=1.0)
-    g.add_argument(*_alias("--repeat-last-n"), dest="repeat_last_n", type=int, default=64)
-    g.add_argument(*_alias("--frequency-penalty"), dest="frequency_penalty", type=float, default=0.0)
-    g.add_argument(*_alias("--presence-penalty"), dest="presence_penalty", type=float, default=0.0)
-    g.add_argument(*_alias("-l", "--logit-bias"), dest="logit_bias", action="append", default=[],
-                   metavar="TOKEN_ID(+/-)BIAS")
+    add_sampling_args(p)  # every llama-cli sampler and grammar flag, as the requests' defaults
     r = p.add_argument_group("Ray Serve (pip install 'llamacpy[ray]')")
     r.add_argument("--ray", action="store_true", help="serve through replicas on a Ray cluster")
     r.add_argument("--replicas", type=int, default=None, help="number of model replicas (default 1)")
@@ -109,12 +98,7 @@ def read_api_keys(args) -> list[str]:
 
 
 def sampling_defaults(args) -> SamplingParams:
-    params = SamplingParams(
-        temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
-        repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty, seed=args.seed,
-        logit_bias=parse_logit_bias(args.logit_bias),
-    )
+    params = sampling_params(args)
     try:
         params.validate()
     except ValueError as e:
