@@ -323,7 +323,7 @@ class Llama:
         # the engine ends at n_ctx - len(prompt) tokens without context shift, as the old loop did
         req = CompletionRequest(prompt_tokens, n_predict=max_tokens, params=params, stop=stops, context_shift=False,
                                 n_probs=n_top if token_log is not None else 0,
-                                post_sampling_probs=True)
+                                post_sampling_probs=token_log is not None)
         handle = self._engine.submit(req)
         n_out = 0
         finish = "length"

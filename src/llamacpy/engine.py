@@ -529,10 +529,11 @@ class Engine:
         tok = sl.sampler.sample(logits)
         # n_probs: softmax of the raw logits (llama-server's default), or with post_sampling_probs the chain's
         # probabilities of its first candidates (llama.cpp's common sampler; the Python API's logprobs)
+        probs = token_prob = None  # nothing asked: no softmax over the vocabulary on the per-token path
         if req.post_sampling_probs:
             probs = sl.sampler.top_probs(req.n_probs) if req.n_probs > 0 else None
             token_prob = sl.sampler.token_prob(tok)
-        else:
+        elif req.n_probs > 0:
             probs, token_prob = _softmax_probs(logits[:self.n_vocab], req.n_probs, tok)
         sl.sampler.accept(tok)
         sl.n_decoded += 1
@@ -602,13 +603,11 @@ class Engine:
         return hs.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
-def _softmax_probs(logits: np.ndarray, n: int, token: int) -> tuple[list[tuple[int, float]] | None, float]:
-    """The n most likely tokens under softmax(logits), highest first (None when n == 0), and `token`'s p."""
+def _softmax_probs(logits: np.ndarray, n: int, token: int) -> tuple[list[tuple[int, float]], float]:
+    """The n (>= 1) most likely tokens under softmax(logits), highest first, and `token`'s probability."""
     x = logits.astype(np.float64)
     p = np.exp(x - x.max())
     p /= p.sum()
-    if n <= 0:
-        return None, float(p[token])
     n = min(n, p.shape[0])
     idx = np.argpartition(-p, n - 1)[:n]
     idx = idx[np.argsort(-p[idx], kind="stable")]
