@@ -35,7 +35,7 @@ F32 = ir.FloatType()
 FAST = ("fast",)
 
 # (rows, tokens) per register tile; measured on Zen 4 avx512vnni (see benchmarks/RESULTS.md)
-TILE = {"avx512vnni": (4, 4), "avxvnni": (4, 3), "avx2": (4, 3), "neon": (4, 4), "generic": (2, 2)}
+TILE = {"avx512vnni": (4, 3), "avxvnni": (4, 3), "avx2": (4, 3), "neon": (4, 4), "generic": (2, 2)}
 TOKEN_BLOCK = 64  # tokens per outer block (their activations are re-read from cache for every row tile)
 
 
