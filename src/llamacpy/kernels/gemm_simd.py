@@ -5,10 +5,10 @@ exactly the arguments of the decode kernels `mv_q4_0` / `mv_q8_0` (legacy_simd.p
 `mv_q4_k` / `mv_q6_k` (kquants_simd.py, Q8_K): the same repacked weights, the same `prep`-ed activations, no
 second copy of anything; and the tile micro-kernels they call.
 
-A tile is TILE[level] (TILE_K[type][level] for the k-quants) = (RT rows, TT tokens) whose RT*TT int32 and f32 accumulators live in registers: per
-group of width/4 blocks (chunks; Q6_K: per super-block), each weight vector is loaded (and nibble-split) once and dotted with the TT tokens'
-activation vectors, each activation vector once for the RT rows. The micro-kernel is one numba intrinsic whose
-loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the integer dot steps are
+A tile is TILE[level] (TILE_K[type][level] for the k-quants) = (RT rows, TT tokens) whose RT*TT int32 and
+f32 accumulators live in registers: per group of width/4 blocks (chunks; Q6_K: per super-block), each weight
+vector is loaded (and nibble-split) once and dotted with the TT tokens' activation vectors, each activation
+vector once for the RT rows. The micro-kernel is one numba intrinsic whose loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the integer dot steps are
 simd.py's (`ir_dot_u8s8`, `ir_dot_s8s8b`). Parallel over row tiles (prange), tokens in tiles inside, in blocks
 of TOKEN_BLOCK tokens so the activations being reused stay in L2. Remainders: a partial tile reads its last
 valid row / token again for the missing ones and stores only the valid results.
