@@ -39,7 +39,7 @@ FAST = ("fast",)
 TILE = {"avx512vnni": (4, 3), "avxvnni": (4, 3), "avx2": (4, 3), "neon": (4, 4), "generic": (2, 2)}
 # Q4_K keeps two int32 sums per (row, token), Q6_K one plus per-step products: their own tiles
 TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon": (3, 3), "generic": (2, 2)},
-          Q6_K: {"avx512vnni": (4, 3), "avxvnni": (3, 3), "avx2": (3, 3), "neon": (4, 3), "generic": (2, 2)}}
+          Q6_K: {"avx512vnni": (3, 3), "avxvnni": (3, 3), "avx2": (3, 3), "neon": (4, 3), "generic": (2, 2)}}
 TOKEN_BLOCK = 64  # tokens per outer block (their activations are re-read from cache for every row tile)
 
 
