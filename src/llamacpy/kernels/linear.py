@@ -9,8 +9,10 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
         dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
         to disk once, then memory-mapped).
-    prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the decode kernels DECODE_MAX rows a call
-        (Linear.prompt_by_decode: faster at every batch size measured); for the others, the same rounded
+    prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
+        where the type has one (same repacked weights and activations; bit-exact with the decode kernel), else
+        the decode kernels DECODE_MAX rows a call (Linear.prompt_by_decode: both faster at every batch size
+        measured than the f32 path); for the others, the same rounded
         activations in f32 times f32 weight tiles of ~TILE_BYTES dequantized in numba, multiplied by numpy's
         sgemm (measured faster than their generic integer kernels).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
@@ -34,7 +36,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dequant, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
+from . import dense, dequant, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -211,6 +213,18 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
 
+def _prompt_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
+    """A prompt (n_tokens > DECODE_MAX) over a repacked matrix: the type's register-tiled GEMM (gemm_simd.py)
+    where one exists, else the decode kernel DECODE_MAX rows a call. Both give every (row, token) the decode
+    kernel's result bit for bit."""
+    gemm = gemm_simd.GEMM.get(ggml_type) if uses_simd(ggml_type) else None
+    if gemm is None:
+        for a in range(0, x.shape[0], DECODE_MAX):  # (<= DECODE_MAX, n_in) slices of the prompt
+            _decode_packed(ggml_type, packed, x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
+        return
+    gemm(simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+
+
 def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
     """The repacked arrays of one matrix, in this process's layout for the type (see layout_name)."""
     if uses_simd(ggml_type):
@@ -260,8 +274,7 @@ class Linear:
         if x.shape[0] <= DECODE_MAX:
             self._decode(x, out)
         elif self.prompt_by_decode:
-            for a in range(0, x.shape[0], DECODE_MAX):  # (<= DECODE_MAX, n_in) slices of the prompt
-                self._decode(x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
+            self._prompt_simd(x, out)
         else:
             self._prompt(x, out)
         return out
@@ -386,6 +399,16 @@ class LinearQuant(Linear):
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
 
+    def _prompt_simd(self, x, out):
+        """Prompts of the explicit-SIMD types: the GEMM or DECODE_MAX-row decode calls (_prompt_packed)."""
+        if self.packed is None and self._want_repack:
+            self.repack()
+        if self.packed is None:
+            for a in range(0, x.shape[0], DECODE_MAX):
+                self._decode(x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
+            return
+        _prompt_packed(self.ggml_type, self.packed, x, out)
+
     def _prompt(self, x, out):
         if self.ggml_type not in (Q4_1, Q5_1):
             return super()._prompt(x, out)
@@ -477,8 +500,10 @@ class FusedLinear:
         if self._fusable and (x.shape[0] <= DECODE_MAX or uses_simd(self.ggml_type)):
             if self._packed is None:
                 self._pack()
-            for a in range(0, x.shape[0], DECODE_MAX):  # prompts DECODE_MAX rows a call (Linear.prompt_by_decode)
-                _decode_packed(self.ggml_type, self._packed, x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
+            if x.shape[0] <= DECODE_MAX:
+                _decode_packed(self.ggml_type, self._packed, x, out)
+            else:
+                _prompt_packed(self.ggml_type, self._packed, x, out)
             return out
         for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
             out[:, a:b] = p(x)

@@ -495,3 +495,43 @@ def vhsum(typingctx, v):
         return builder.extract_element(x, ir.Constant(I32, 0))
 
     return types.float32(v), cg
+
+
+# -- IR-level steps for micro-kernels built with llvmlite (gemm_simd.py): the same instructions as the ops above
+def ir_dot_u8s8(builder, level, acc, a, b):
+    """IR of dot_u8s8 on LLVM values (a, b: <width x i8>, acc: <width/4 x i32>)."""
+    return _dot_u8s8_ir(builder, level, acc, a, b, a.type.count)
+
+
+def ir_dot_s8s8b(builder, level, acc, a, b):
+    """IR of dot_s8s8b on LLVM values: the same instruction sequence as that op (so the same int32 sums)."""
+    n8 = a.type.count
+    if S8S8_BIAS[level] == 128:
+        return _dot_u8s8_ir(builder, level, acc, builder.xor(a, _splat8(0x80, n8)), b, n8)
+    if level == "avx2":
+        v8 = _vt(I8, 32)
+        absa = _call(builder, "llvm.abs.v32i8", v8, [v8, ir.IntType(1)], [a, ir.Constant(ir.IntType(1), 0)])
+        sgnb = _call(builder, "llvm.x86.avx2.psign.b", v8, [v8, v8], [b, a])
+        return _dot_u8s8_ir(builder, level, acc, absa, sgnb, n8)
+    if level == "neon":
+        return _dot_u8s8_ir(builder, level, acc, a, b, n8)
+    wide = _vt(I32, n8)
+    prod = builder.mul(builder.sext(a, wide), builder.sext(b, wide))
+    n32 = n8 // 4
+    out = acc
+    for k in range(4):
+        out = builder.add(out, builder.shuffle_vector(prod, ir.Constant(wide, None), ir.Constant(
+            _vt(I32, n32), [4 * j + k for j in range(n32)])))
+    return out
+
+
+def ir_hsum_f32(builder, x):
+    """IR of vhsum: the f32 lanes' sum by pairwise halving (the same order as vhsum)."""
+    n = x.type.count
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(x, x, ir.Constant(_vt(I32, h), list(range(h))))
+        hi = builder.shuffle_vector(x, x, ir.Constant(_vt(I32, h), list(range(h, n))))
+        x = builder.fadd(lo, hi)
+        n = h
+    return builder.extract_element(x, ir.Constant(I32, 0))
