@@ -165,9 +165,9 @@ def mv_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
     H = qs.shape[1]  # quant bytes per row
     nbp = d.shape[1]
     n_tok, n_out = y.shape
-    W = width(isa)
-    n32 = W // 4
     for r in nb.prange(n_out):
+        W = width(isa)  # inside the parallel body: a constant there (see below)
+        n32 = W // 4
         for t in range(n_tok):
             acc = vzero_f32(isa)
             for g in range(nbp // n32):
@@ -191,9 +191,9 @@ def mv_q8_0(isa, qs, d, xq, xd, xo, y):
     H = qs.shape[1]
     nbp = d.shape[1]
     n_tok, n_out = y.shape
-    W = width(isa)
-    n32 = W // 4
     for r in nb.prange(n_out):
+        W = width(isa)  # inside the parallel body: a constant there (see below)
+        n32 = W // 4
         for t in range(n_tok):
             acc = vzero_f32(isa)
             for g in range(nbp // n32):
