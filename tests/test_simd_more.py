@@ -57,8 +57,9 @@ def _run(typ, level, packed, x):
 @pytest.mark.parametrize("typ", MORE, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_out,n_in", [(1, 32), (37, 96), (9, 2080)])
 def test_more_legacy_match_reference(level, typ, n_out, n_in):
-    """1, 3 and 65 blocks per row (padding to the 16-block groups), odd row counts, 1..8 tokens; and each token's
-    row bit for bit the same as in a one-token call (batch independence)."""
+    """1, 3 and 65 blocks per row (padding to the 16-block groups), odd row counts, 1..8 tokens; each token's
+    row bit for bit the same as in a one-token call, and a weight row's outputs as in a one-row call (batch
+    independence)."""
     _need(level)
     rng = np.random.default_rng(n_out * 1000 + n_in + int(typ))
     raw = random_blocks(int(typ), n_out, n_in, rng)
@@ -69,6 +70,9 @@ def test_more_legacy_match_reference(level, typ, n_out, n_in):
         y = _run(typ, level, packed, x)
         assert np.abs(y - ref).max() <= TOL * np.abs(ref).max(), (level, n)
         assert np.array_equal(y[n - 1], _run(typ, level, packed, x[n - 1:])[0]), (level, n)
+        k = n_out // 2  # and one weight row alone gives the same bits as inside the whole matrix
+        alone = legacy_simd.repack_rows(int(typ), raw[k:k + 1], 1, n_in, level)
+        assert np.array_equal(y[:, k], _run(typ, level, alone, x)[:, 0]), (level, n)
 
 
 @pytest.mark.parametrize("level", LEVELS[:3])
@@ -115,7 +119,8 @@ def _half(bf, n_out, n_in, rng, extreme=False):
 @pytest.mark.parametrize("n_out,n_in", [(1, 7), (37, 96), (5, 1000), (3, 2048 + 48)])
 def test_half_matches_reference(level, bf, n_out, n_in):
     """n_in below one vector, between whole 4-vector steps and whole vectors, with a scalar tail; 1..8 tokens
-    (odd counts take the single-token loop for the last one); each token bit for bit as in a one-token call."""
+    (odd counts take the single-token loop for the last one); each token bit for bit as in a one-token call, each
+    weight row as in a one-row call."""
     _need(level)
     rng = np.random.default_rng(n_out * 31 + n_in + bf)
     bits, vals = _half(bf, n_out, n_in, rng, extreme=n_out == 5)
@@ -132,6 +137,10 @@ def test_half_matches_reference(level, bf, n_out, n_in):
             y1 = np.empty((1, n_out), np.float32)
             dense_simd.mv_half(tok, w, x[t:t + 1].copy(), y1)
             assert np.array_equal(y1[0], y[t]), (level, n, t)
+        k = n_out // 2
+        yk = np.empty((n, 1), np.float32)
+        dense_simd.mv_half(tok, np.ascontiguousarray(w[k:k + 1]), x, yk)
+        assert np.array_equal(yk[:, 0], y[:, k]), (level, n)
 
 
 def test_linear_uses_the_simd_kernels_and_matches_generic():
