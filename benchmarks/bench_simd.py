@@ -1,6 +1,7 @@
 """Decode kernels per SIMD level vs the generic kernels vs a plain read of the same bytes, in one run.
 
-Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K,F16,BF16,Q4_1,Q5_0,Q5_1] [--shapes 5632x2048,256x2048]
+Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K,F16,BF16,Q4_1,Q5_0,Q5_1]
+       [--shapes 5632x2048,256x2048]
        [--levels avx512vnni,avxvnni,avx2] [--threads 1] [--reps 7] [--rounds 2]
 GB/s = bytes of the file's blocks for the matrix / best time of one matvec (one token). Copies of the matrix are
 cycled (over 160 MB in all) so the weights come from DRAM, unless the shape is small enough that one copy fits

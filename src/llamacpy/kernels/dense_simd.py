@@ -2,8 +2,9 @@
 
 Owns: `mv_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T for w (n_out, n_in) 16-bit words:
 F16 when w's dtype is uint16, BF16 when it is int16 (the caller views the same bytes so; the dtype picks the
-conversion at compile time: vcvtph2ps for F16, zero-extend + shift by 16 for BF16) -- and the two operations
-it is made of that the layer lacks: `vload_half` and an exact (unfused-by-nobody, never reassociated) FMA.
+conversion at compile time: vcvtph2ps for F16, zero-extend + shift by 16 for BF16) -- and the operations it
+needs that the layer lacks: `vload_half`, and FMA / add without fast-math flags (`vfma_exact`, `vadd_exact`,
+scalar `fma_exact`: rounded once, never re-associated).
 Numerics as llama.cpp's ggml_vec_dot_f16 on x86: the caller rounds the activations to the weight type first,
 both operands are f32 in the lanes, products are FMA'd into ACC = 4 vectors of width/4 f32 lanes (one chunk
 of 4 * width/4 weights per step, GGML_F16_STEP / GGML_F16_EPR), then reduced in a fixed order; the tail that
@@ -11,6 +12,9 @@ fills no whole vector is FMA'd one weight at a time. Every (row, token) result i
 instruction sequence whatever the number of tokens or rows in the call: tokens go in pairs (one weight
 conversion, two FMAs) with per-token accumulators whose updates are llvm.fma (no fast-math flags, so LLVM
 may not re-associate them), and the pair and single-token loops make the same updates in the same order.
+The vector width is taken inside the prange body: a value computed outside reaches numba's outlined parallel
+function as an argument, no longer a constant, and the load offsets then cost a register each (measured 20 ->
+26 GB/s on one thread once moved).
 Must not: choose paths or levels (linear.py, isa.py); round activations (the caller does).
 """
 

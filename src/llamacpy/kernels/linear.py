@@ -6,7 +6,8 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         the whole matrix: the types in _SIMD on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
         the level of isa.level(); LLAMACPY_ISA=generic turns them off), the other quantized types on the
         generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense_simd.mv_half
-        for F16/BF16 (dense.mv_half at the generic level), dense.mv_f32 for F32 (per-token results independent of the batch);
+        for F16/BF16 (dense.mv_half at the generic level), dense.mv_f32 for F32 (per-token results
+        independent of the batch);
         dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
         to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the decode kernels DECODE_MAX rows a call
