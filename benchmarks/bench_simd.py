@@ -1,13 +1,15 @@
 """Decode kernels per SIMD level vs the generic kernels vs a plain read of the same bytes, in one run.
 
-Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K] [--shapes 5632x2048,256x2048]
+Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K,F16,BF16,Q4_1,Q5_0,Q5_1]
+       [--shapes 5632x2048,256x2048]
        [--levels avx512vnni,avxvnni,avx2] [--threads 1] [--reps 7] [--rounds 2]
 GB/s = bytes of the file's blocks for the matrix / best time of one matvec (one token). Copies of the matrix are
 cycled (over 160 MB in all) so the weights come from DRAM, unless the shape is small enough that one copy fits
 in L2 (then it is the compute ceiling). "read" is a parallel numba sum over the same raw bytes (uint64), the
 memory ceiling of this run. On one thread the times are process CPU time (time.process_time), so that a CPU
 shared with other jobs does not count their time against ours; on more threads, wall time.
-Levels the CPU lacks are left out.
+Levels the CPU lacks are left out. F16/BF16: "generic" is dense.mv_half (numba auto-vectorised), the levels
+dense_simd.mv_half.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import NAMES, random_weights  # noqa: E402
 
-from llamacpy.kernels import isa, kquants, kquants_simd, legacy, legacy_simd, q8, simd  # noqa: E402
+from llamacpy.kernels import dense, dense_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, simd  # noqa: E402
+from llamacpy.kernels.common import bf16_round, f16_round  # noqa: E402
 from llamacpy.kernels import linear as L  # noqa: E402
 
 
@@ -35,7 +38,39 @@ def _sum(a):
     return t
 
 
+def _timed(calls, reps, rounds, clock):
+    best = {k: 1e9 for k in calls}
+    for _ in range(rounds):  # interleaved rounds: a burst of load from other jobs hits every variant
+        for k, fn in calls.items():
+            fn()
+            for _ in range(reps):
+                t0 = clock()
+                fn()
+                best[k] = min(best[k], clock() - t0)
+    return best
+
+
+def run_half(typ, n_out, n_in, levels, reps, rounds, clock, rng):
+    bf = typ == 30
+    x = rng.standard_normal((1, n_in)).astype(np.float32)
+    x = bf16_round(x) if bf else f16_round(x)
+    w = random_weights(typ, n_out, n_in, rng).view(np.uint16)
+    ncopy = 1 if w.nbytes < 1 << 20 else max(2, int(np.ceil(160e6 / w.nbytes)))
+    raws = [w] + [random_weights(typ, n_out, n_in, rng).view(np.uint16) for _ in range(ncopy - 1)]
+    flat = [r.reshape(-1).view(np.uint64) for r in raws]
+    y = np.empty((1, n_out), np.float32)
+    kind = dense.KIND_BF16 if bf else dense.KIND_F16
+    calls = {"generic": lambda: [dense.mv_half(r, kind, x, y) for r in raws], "read": lambda: [_sum(f) for f in flat]}
+    for lv in levels:
+        ws, tok = [dense_simd.weights(r, bf) for r in raws], simd.token(lv)
+        calls[lv] = (lambda ws=ws, tok=tok: [dense_simd.mv_half(tok, r, x, y) for r in ws])
+    best = _timed(calls, reps, rounds, clock)
+    return {k: ncopy * w.nbytes / v / 1e9 for k, v in best.items()}, ncopy
+
+
 def run(typ, n_out, n_in, levels, reps, rounds, clock, rng):
+    if typ in (1, 30):
+        return run_half(typ, n_out, n_in, levels, reps, rounds, clock, rng)
     kq = typ >= 10
     mod = kquants_simd if kq else legacy_simd
     x = rng.standard_normal((1, n_in)).astype(np.float32)
@@ -50,16 +85,9 @@ def run(typ, n_out, n_in, levels, reps, rounds, clock, rng):
     y = np.empty((1, n_out), np.float32)
     calls = {"generic": lambda: [L._MV[typ](*p, *qa, y) for p in gen], "read": lambda: [_sum(f) for f in flat]}
     for lv in levels:
-        act, tok = mod.prep(typ, lv, *qa[:3 if kq else 2]), simd.token(lv)
+        act, tok = mod.prep(typ, lv, *qa[:3]), simd.token(lv)
         calls[lv] = (lambda act=act, tok=tok, lv=lv: [mod.MV[typ](tok, *p, *act, y) for p in packs[lv]])
-    best = {k: 1e9 for k in calls}
-    for _ in range(rounds):  # interleaved rounds: a burst of load from other jobs hits every variant
-        for k, fn in calls.items():
-            fn()
-            for _ in range(reps):
-                t0 = clock()
-                fn()
-                best[k] = min(best[k], clock() - t0)
+    best = _timed(calls, reps, rounds, clock)
     return {k: ncopy * w.nbytes / v / 1e9 for k, v in best.items()}, ncopy
 
 

@@ -3,10 +3,11 @@
 Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
     decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
-        the whole matrix: Q4_0, Q8_0, Q4_K, Q6_K on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
+        the whole matrix: the types in _SIMD on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
         the level of isa.level(); LLAMACPY_ISA=generic turns them off), the other quantized types on the
-        generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense.mv_half for
-        F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
+        generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense_simd.mv_half
+        for F16/BF16 (dense.mv_half at the generic level), dense.mv_f32 for F32 (per-token results
+        independent of the batch);
         dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
         to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dequant, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
+from . import dense, dense_simd, dequant, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -63,6 +64,7 @@ GROUP_ROWS_BIG = {Q6_K: (1024, 512)}
 
 
 _SIMD = {t: legacy_simd for t in legacy_simd.TYPES} | {t: kquants_simd for t in kquants_simd.TYPES}
+_SIMD |= {F16: dense_simd, BF16: dense_simd}  # LinearHalf's decode (no repack: read in place)
 
 
 def uses_simd(ggml_type: int) -> bool:
@@ -200,7 +202,7 @@ def _simd_activations(x: np.ndarray, ggml_type: int):
     prev = _prepped.get(ggml_type)
     if prev is not None and prev[0] is res:
         return prev[1]
-    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3 if ggml_type in KQUANTS else 2])
+    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3])  # Q8_K: qx, d, bsums; Q8_0/1: qx, dx, sx
     _prepped[ggml_type] = (res, act)
     return act
 
@@ -339,7 +341,11 @@ class LinearHalf(Linear):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
 
     def _decode(self, x, out):
-        dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
+        if uses_simd(self.ggml_type) and self.w16.flags.c_contiguous:
+            w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
+            dense_simd.mv_half(simd.token(isa.level()), w, self._round_activations(x), out)
+        else:
+            dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
 
     def _tile(self, r0, tile):
         dense.half_to_f32_range(self.w16, self.kind, r0, tile)

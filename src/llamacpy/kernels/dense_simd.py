@@ -1,0 +1,197 @@
+"""F16 / BF16 decode (matvec) kernels on the SIMD layer (simd.py), reading the weights in place from the mmap.
+
+Owns: `mv_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T for w (n_out, n_in) 16-bit words:
+F16 when w's dtype is uint16, BF16 when it is int16 (the caller views the same bytes so; the dtype picks the
+conversion at compile time: vcvtph2ps for F16, zero-extend + shift by 16 for BF16) -- and the operations it
+needs that the layer lacks: `vload_half`, and FMA / add without fast-math flags (`vfma_exact`, `vadd_exact`,
+scalar `fma_exact`: rounded once, never re-associated).
+Numerics as llama.cpp's ggml_vec_dot_f16 on x86: the caller rounds the activations to the weight type first,
+both operands are f32 in the lanes, products are FMA'd into ACC = 4 vectors of width/4 f32 lanes (one chunk
+of 4 * width/4 weights per step, GGML_F16_STEP / GGML_F16_EPR), then reduced in a fixed order; the tail that
+fills no whole vector is FMA'd one weight at a time. Every (row, token) result is computed by the same
+instruction sequence whatever the number of tokens or rows in the call: tokens go in pairs (one weight
+conversion, two FMAs) with per-token accumulators whose updates are llvm.fma (no fast-math flags, so LLVM
+may not re-associate them), and the pair and single-token loops make the same updates in the same order.
+The vector width is taken inside the prange body: a value computed outside reaches numba's outlined parallel
+function as an argument, no longer a constant, and the load offsets then cost a register each (measured 20 ->
+26 GB/s on one thread once moved).
+Must not: choose paths or levels (linear.py, isa.py); round activations (the caller does).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from .common import PJIT, bits_to_f32, f16_bits_to_f32
+from .simd import F32, I16, I32, WIDTH, Vec, _c_array, _call, _is_f32, _level, _ptr, _vt, vhsum, vload_f32, width
+
+ACC = 4  # accumulator vectors per token (GGML_F16_ARR)
+
+
+@intrinsic
+def vload_half(typingctx, isa, a, i):
+    """width/4 16-bit words at flat index i of `a` as f32 lanes: F16 (uint16 array) by vcvtph2ps, BF16 (int16
+    array) by zero-extension and << 16."""
+    n = WIDTH[_level(isa)] // 4
+    if not (_c_array(a) and isinstance(i, types.Integer) and a.dtype in (types.uint16, types.int16)):
+        return None
+    bf16 = a.dtype == types.int16
+
+    def cg(context, builder, sig, args):
+        h = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I16, n)), align=1)
+        if bf16:
+            u = builder.shl(builder.zext(h, _vt(I32, n)), ir.Constant(_vt(I32, n), [16] * n))
+            return builder.bitcast(u, _vt(F32, n))
+        return builder.fpext(builder.bitcast(h, _vt(ir.HalfType(), n)), _vt(F32, n))
+
+    return Vec(types.float32, n)(isa, a, i), cg
+
+
+@intrinsic
+def vfma_exact(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: vfmadd on every x86 level here, fmla on ARM); never re-associated."""
+    if not _is_f32(a, b, c):
+        return None
+
+    def cg(context, builder, sig, args):
+        vt = _vt(F32, sig.args[0].n)
+        return _call(builder, f"llvm.fma.v{sig.args[0].n}f32", vt, [vt] * 3, list(args))
+
+    return a(a, b, c), cg
+
+
+@intrinsic
+def vadd_exact(typingctx, a, b):
+    if not _is_f32(a, b):
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return a(a, b), cg
+
+
+@intrinsic
+def vzero(typingctx, isa):
+    n = WIDTH[_level(isa)] // 4
+
+    def cg(context, builder, sig, args):
+        return ir.Constant(_vt(F32, n), None)
+
+    return Vec(types.float32, n)(isa), cg
+
+
+@intrinsic
+def fma_exact(typingctx, a, b, c):
+    """Scalar a * b + c rounded once (llvm.fma.f32), for the tails: the same instruction in every loop."""
+    if not all(v == types.float32 for v in (a, b, c)):
+        return None
+
+    def cg(context, builder, sig, args):
+        return _call(builder, "llvm.fma.f32", F32, [F32] * 3, list(args))
+
+    return types.float32(a, b, c), cg
+
+
+def _scalar(w, i):
+    """Weight word i of a row as f32 (compiled per dtype, see the overload below)."""
+
+
+@overload(_scalar, inline="always")
+def _scalar_impl(w, i):
+    if w.dtype == types.int16:
+        return lambda w, i: bits_to_f32(np.uint32(np.uint16(w[i])) << np.uint32(16))
+    return lambda w, i: f16_bits_to_f32(w[i])
+
+
+@nb.njit(inline="always", cache=True, nogil=True)
+def _reduce(a0, a1, a2, a3):
+    """The accumulators summed in a fixed order: (a0 + a2) + (a1 + a3), then the lanes pairwise."""
+    return vhsum(vadd_exact(vadd_exact(a0, a2), vadd_exact(a1, a3)))
+
+
+@nb.njit(inline="always", cache=True, nogil=True)
+def _dot1(isa, wr, xa, nfull, nvec, n_in):
+    """One row (wr, 1-D) . one token (xa, 1-D): the single-token update order (see the module doc)."""
+    L = width(isa) // 4
+    S = ACC * L
+    a0 = vzero(isa)
+    a1 = vzero(isa)
+    a2 = vzero(isa)
+    a3 = vzero(isa)
+    i = 0
+    while i < nfull:
+        a0 = vfma_exact(vload_half(isa, wr, i), vload_f32(isa, xa, i), a0)
+        a1 = vfma_exact(vload_half(isa, wr, i + L), vload_f32(isa, xa, i + L), a1)
+        a2 = vfma_exact(vload_half(isa, wr, i + 2 * L), vload_f32(isa, xa, i + 2 * L), a2)
+        a3 = vfma_exact(vload_half(isa, wr, i + 3 * L), vload_f32(isa, xa, i + 3 * L), a3)
+        i += S
+    for i in range(nfull, nvec, L):  # whole vectors past the last whole step go to a0
+        a0 = vfma_exact(vload_half(isa, wr, i), vload_f32(isa, xa, i), a0)
+    sa = _reduce(a0, a1, a2, a3)
+    for i in range(nvec, n_in):
+        sa = fma_exact(_scalar(wr, i), xa[i], sa)
+    return sa
+
+
+@nb.njit(**PJIT)
+def mv_half(isa, w, x, y):
+    """y (n_tok, n_out) = x (n_tok, n_in) f32 (already rounded to the weight type) @ w.T, w (n_out, n_in) uint16
+    (F16) or int16 (BF16 bits)."""
+    n_out, n_in = w.shape
+    n_tok = x.shape[0]
+    nfull = n_in // (ACC * width(isa) // 4) * (ACC * width(isa) // 4)
+    nvec = n_in // (width(isa) // 4) * (width(isa) // 4)
+    for r in nb.prange(n_out):
+        L = width(isa) // 4  # set inside the parallel body: a compile-time constant there (load offsets fold)
+        S = ACC * L  # weights per step
+        wr = w[r]  # (n_in,)
+        for t0 in range(0, n_tok - 1, 2):  # token pairs: each weight vector converted once
+            xa = x[t0]  # (n_in,)
+            xb = x[t0 + 1]
+            a0 = vzero(isa)
+            a1 = vzero(isa)
+            a2 = vzero(isa)
+            a3 = vzero(isa)
+            b0 = vzero(isa)
+            b1 = vzero(isa)
+            b2 = vzero(isa)
+            b3 = vzero(isa)
+            i = 0
+            while i < nfull:
+                w0 = vload_half(isa, wr, i)
+                w1 = vload_half(isa, wr, i + L)
+                w2 = vload_half(isa, wr, i + 2 * L)
+                w3 = vload_half(isa, wr, i + 3 * L)
+                a0 = vfma_exact(w0, vload_f32(isa, xa, i), a0)
+                a1 = vfma_exact(w1, vload_f32(isa, xa, i + L), a1)
+                a2 = vfma_exact(w2, vload_f32(isa, xa, i + 2 * L), a2)
+                a3 = vfma_exact(w3, vload_f32(isa, xa, i + 3 * L), a3)
+                b0 = vfma_exact(w0, vload_f32(isa, xb, i), b0)
+                b1 = vfma_exact(w1, vload_f32(isa, xb, i + L), b1)
+                b2 = vfma_exact(w2, vload_f32(isa, xb, i + 2 * L), b2)
+                b3 = vfma_exact(w3, vload_f32(isa, xb, i + 3 * L), b3)
+                i += S
+            for i in range(nfull, nvec, L):
+                wv = vload_half(isa, wr, i)
+                a0 = vfma_exact(wv, vload_f32(isa, xa, i), a0)
+                b0 = vfma_exact(wv, vload_f32(isa, xb, i), b0)
+            sa = _reduce(a0, a1, a2, a3)
+            sb = _reduce(b0, b1, b2, b3)
+            for i in range(nvec, n_in):
+                wi = _scalar(wr, i)
+                sa = fma_exact(wi, xa[i], sa)
+                sb = fma_exact(wi, xb[i], sb)
+            y[t0, r] = sa
+            y[t0 + 1, r] = sb
+        if n_tok % 2:
+            y[n_tok - 1, r] = _dot1(isa, wr, x[n_tok - 1], nfull, nvec, n_in)
+
+
+def weights(w16: np.ndarray, bf16: bool) -> np.ndarray:
+    """The (n_out, n_in) uint16 words as mv_half takes them: uint16 for F16, an int16 view for BF16."""
+    return w16.view(np.int16) if bf16 else w16
