@@ -3,7 +3,7 @@
 Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_threads/get_num_threads`.
     decode (n_tokens <= DECODE_MAX): activations quantized once per call as llama.cpp does (Q8_0/Q8_1 for the
         legacy types, Q8_K for k-quants; rounded to f16/bf16 for F16/BF16 weights), then one numba call over
-        the whole matrix: Q4_0, Q8_0, Q4_K, Q6_K on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
+        the whole matrix: Q4_0, Q8_0 and the k-quants on the explicit-SIMD kernels (legacy_simd.py / kquants_simd.py,
         the level of isa.level(); LLAMACPY_ISA=generic turns them off), the other quantized types on the
         generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense.mv_half for
         F16/BF16, dense.mv_f32 for F32 (per-token results independent of the batch);
