@@ -325,36 +325,34 @@ def mv_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
 
 
 # -- Q3_K and Q2_K ---------------------------------------------------------------------------------------------
-# ggml's Q3_K / Q2_K weight 128n + 32k + l of a super-block (n = 0..1, k = 0..3, l = 0..31) has its 2 low bits
-# at bits 2k..2k+1 of qs[32n + l]; its sub-block (16 weights) is 8n + 2k + l // 16. Q3_K's 3rd bit is
-# hmask[l] bit 4n + k (u = q2 | bit << 2 in 0..7, ggml's q = u - 4).
-# Here the quant vectors are the file's qs bytes in file order (64 per super-block, width bytes a vector: 64/width
-# vectors per super-block); step k of a vector takes bits 2k..2k+1 of each byte and dots them with the matching
-# activations (prep: the activation of each byte's k-th weight, vector by vector). Each int32 lane of a step
-# covers 4 bytes of one 16-byte unit, i.e. one sub-block: it is multiplied by that sub-block's scale, stored in
-# read order (per vector: step k, then unit; each repeated over the 4 lanes of its unit).
-# Q3_K: 3rd bits: one vector per two quant vectors (2m, 2m+1): byte p holds hmask bits 4n..4n+3 of quant vector
-#   2m's byte p in its low nibble, 2m+1's in its high nibble (for width 32 this is hmask itself). The -4 offset:
-#   each lane starts at -bsum of its sub-block (4 lanes: -4 * bsum). |lane| <= 4*(7*128*4 + 2048)*32 < 2**24.
-#     qv (n_out, nS*64) uint8; hv (n_out, ceil(nS*64/width/2)*width) uint8; sc (n_out, nS*16) int8 (read order,
-#     6-bit scale - 32); d (n_out, nS) uint16
-# Q2_K: scm (n_out, nS*16) uint8, ggml's scale | min << 4 byte in read order: scales from the low nibbles, the
-#   min sum sum(m * bsum) from the high nibbles against the Q8_K bsums in the same order (prep permutes them).
-#     qv (n_out, nS*64) uint8; scm (n_out, nS*16) uint8; d, dmin (n_out, nS) uint16 -- 84 bytes per super-block
+# ggml's Q3_K / Q2_K weight w = 128n + 32k + l of a super-block (n = 0..1, k = 0..3, l = 0..31) has its 2 low
+# bits at bits 2k..2k+1 of qs[32n + l] and sits in sub-block w // 16; Q3_K's 3rd bit is hmask[l] bit 4n + k
+# (u = q2 | bit << 2 in 0..7, ggml's q = u - 4).
+# Here the 2-bit values are regrouped so that one int32 lane is one sub-block: byte 4s + i of a super-block's 64
+# holds weights 16s + 4i + k at bits 2k..2k+1 (k = 0..3). A quant vector is width consecutive bytes (64/width
+# per super-block); its 4 steps k take bits 2k..2k+1 of every byte and dot them with the matching activations
+# (prep puts weight 16s + 4i + k's activation at step k, byte 4s + i), so after the 4 steps lane s holds
+# sub-block s's whole sum: one multiply by the sub-block scales (natural order, one byte per lane) per vector.
+# Q3_K: the 3rd bits, one vector per two quant vectors (2m, 2m+1): byte p holds the 4 bits of quant vector 2m's
+#   byte p (bit k: step k) in its low nibble, 2m+1's in its high nibble. The -4 offset: each lane starts at
+#   -4 * bsum of its sub-block. |lane| <= (16*7*128 + 4*2048) * 32 < 2**20, at most 4 per lane: exact in f32.
+#     qv (n_out, nS*64) uint8; hv (n_out, ceil(nS*64/width/2)*width) uint8; sc (n_out, nS*16) int8 (6-bit
+#     scale - 32); d (n_out, nS) uint16 -- 114 bytes per super-block (the file's 110 + 4 for unpacked scales)
+# Q2_K: scm (n_out, nS*16) uint8, ggml's own scale | min << 4 bytes: scales from the low nibbles, the min sum
+#   sum(m * bsum) from the high nibbles against the Q8_K bsums, lane by lane.
+#     qv (n_out, nS*64) uint8; scm (n_out, nS*16) uint8; d, dmin (n_out, nS) uint16 -- 84 bytes, as the file
 
 
-def _nib_loader(rep, shift):
+def _lane_loader(shift, signed):
     def impl(typingctx, isa, a, i):
         n = WIDTH[_level(isa)] // 4
-        k = n // rep
         if not (_c_array(a) and isinstance(i, types.Integer)):
             return None
 
         def cg(context, builder, sig, args):
-            v = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I8, k)), align=1)
-            if rep > 1:
-                v = builder.shuffle_vector(v, ir.Constant(_vt(I8, k), None),
-                                           ir.Constant(_vt(I32, n), [j // rep for j in range(n)]))
+            v = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I8, n)), align=1)
+            if signed:
+                return builder.sext(v, _vt(I32, n))
             v = builder.zext(v, _vt(I32, n))
             if shift:
                 v = builder.lshr(v, ir.Constant(_vt(I32, n), [shift] * n))
@@ -365,38 +363,36 @@ def _nib_loader(rep, shift):
     return impl
 
 
-# width/16 bytes each repeated 4 times / width/4 bytes, their low (high) nibble as int32 lanes (local to Q2_K)
-_vload_lo4_x4 = intrinsic(_nib_loader(4, 0))
-_vload_hi4 = intrinsic(_nib_loader(1, 4))
-
-
-@nb.njit(cache=True)
-def _read_order(W, nS):
-    """sc read position -> (super-block, sub-block) flat index S*16 + sub; (nS*16,) int64."""
-    nv = 64 // W
-    out = np.empty(nS * 16, np.int64)
-    for v in range(nS * nv):
-        for k in range(4):
-            for q in range(W // 16):
-                g = v * W + 16 * q
-                S, gg = g // 64, g % 64
-                out[v * (W // 4) + k * (W // 16) + q] = S * 16 + 8 * (gg // 32) + 2 * k + (gg % 32) // 16
-    return out
+# width/4 bytes at flat index i as int32 lanes: low nibbles, high nibbles, sign-extended (local to Q2_K / Q3_K)
+_vload_lo4 = intrinsic(_lane_loader(0, False))
+_vload_hi4 = intrinsic(_lane_loader(4, False))
+_vload_s8_i32 = intrinsic(_lane_loader(0, True))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _hbits_q3(hm, W, hv):
-    """hm (n_out, nS, 32) ggml's hmask -> hv (n_out, nH*W) as described above."""
-    n_out, nS, _ = hm.shape
-    nq = nS * 64 // W  # quant vectors per row
+def _regroup_q23(qs, hm, W, qv, hv):
+    """qs (n_out, nS, 64), hm (n_out, nS, 32) ggml's bytes (hm unused when hv has no columns) -> qv, hv above."""
+    n_out, nS, _ = qs.shape
+    q3 = hv.shape[1] > 0
     for r in nb.prange(n_out):
-        hv[r, :] = 0
-        for v in range(nq):
-            for p in range(W):
-                g = v * W + p
-                S, gg = g // 64, g % 64
-                nib = (np.uint8(hm[r, S, gg % 32]) >> np.uint8(4 * (gg // 32))) & np.uint8(15)
-                hv[r, (v // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (v % 2)))
+        if q3:
+            hv[r, :] = 0
+        for S in range(nS):
+            for b in range(64):
+                s, i = b // 4, b % 4
+                byte = np.uint8(0)
+                nib = np.uint8(0)
+                for k in range(4):
+                    w = 16 * s + 4 * i + k
+                    n, kk, l = w // 128, (w % 128) // 32, w % 32
+                    byte |= ((np.uint8(qs[r, S, 32 * n + l]) >> np.uint8(2 * kk)) & np.uint8(3)) << np.uint8(2 * k)
+                    if q3:
+                        nib |= ((np.uint8(hm[r, S, l]) >> np.uint8(4 * n + kk)) & np.uint8(1)) << np.uint8(k)
+                qv[r, S * 64 + b] = byte
+                if q3:
+                    g = S * 64 + b
+                    v, p = g // W, g % W
+                    hv[r, (v // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (v % 2)))
 
 
 def _q3_scales(s: np.ndarray) -> np.ndarray:
@@ -410,44 +406,33 @@ def _repack_q23(typ, raw, n_out, n_in, level):
     W = WIDTH[level]
     nS = n_in // 256
     blk = np.asarray(raw).reshape(n_out, nS, 110 if typ == Q3_K else 84)
-    order = _read_order(W, nS)
+    qv = np.empty((n_out, nS * 64), np.uint8)
     if typ == Q3_K:
-        qv = np.ascontiguousarray(blk[:, :, 32:96]).reshape(n_out, nS * 64)
         hv = np.empty((n_out, -(-(nS * 64 // W) // 2) * W), np.uint8)
-        _hbits_q3(np.ascontiguousarray(blk[:, :, 0:32]), W, hv)
-        sc = np.ascontiguousarray(_q3_scales(blk[:, :, 96:108]).reshape(n_out, nS * 16)[:, order])
+        _regroup_q23(np.ascontiguousarray(blk[:, :, 32:96]), np.ascontiguousarray(blk[:, :, 0:32]), W, qv, hv)
+        sc = np.ascontiguousarray(_q3_scales(blk[:, :, 96:108]).reshape(n_out, nS * 16))
         d = np.ascontiguousarray(blk[:, :, 108:110]).view(np.uint16).reshape(n_out, nS)
         return qv, hv, sc, d
-    qv = np.ascontiguousarray(blk[:, :, 16:80]).reshape(n_out, nS * 64)
-    scm = np.ascontiguousarray(blk[:, :, 0:16].reshape(n_out, nS * 16)[:, order])
+    _regroup_q23(np.ascontiguousarray(blk[:, :, 16:80]), np.zeros((n_out, nS, 32), np.uint8), W, qv,
+                 np.empty((n_out, 0), np.uint8))
+    scm = np.ascontiguousarray(blk[:, :, 0:16]).reshape(n_out, nS * 16)
     dd = np.ascontiguousarray(blk[:, :, 80:84]).view(np.uint16).reshape(n_out, nS, 2)
     return qv, scm, np.ascontiguousarray(dd[:, :, 0]), np.ascontiguousarray(dd[:, :, 1])
 
 
 @nb.njit(**JIT)
 def _prep_q23(qx, bsums, W):
-    """xq: the activation of byte p's k-th weight at v*4W + k*W + p; xo: -bsum per (vector, step, lane) (Q3_K);
-    bs: bsums in scale read order (Q2_K)."""
+    """xq: weight 16s + 4i + k's activation at step k of the vector holding byte 4s + i (see above);
+    xo = -4 * bsums (Q3_K's lane start values); bsums as they are (Q2_K)."""
     n_tok, n_in = qx.shape
-    nS = n_in // 256
-    nq = nS * 64 // W
-    order = _read_order(W, nS)
     xq = np.empty((n_tok, n_in), np.int8)
-    xo = np.empty((n_tok, nS * 64), np.int32)
-    bs = np.empty((n_tok, nS * 16), np.int32)
     for t in range(n_tok):
-        for v in range(nq):
-            for p in range(W):
-                g = v * W + p
-                S, gg = g // 64, g % 64
-                n, l = gg // 32, gg % 32
-                for k in range(4):
-                    xq[t, v * 4 * W + k * W + p] = qx[t, S * 256 + 128 * n + 32 * k + l]
-                    if p % 4 == 0:
-                        xo[t, v * W + k * (W // 4) + p // 4] = -bsums[t, S * 16 + 8 * n + 2 * k + l // 16]
-        for i in range(nS * 16):
-            bs[t, i] = bsums[t, order[i]]
-    return xq, xo, bs
+        for g in range(n_in // 4):  # byte g of the row's quant bytes
+            v, p = g // W, g % W
+            S, b = g // 64, g % 64
+            for k in range(4):
+                xq[t, v * 4 * W + k * W + p] = qx[t, S * 256 + 16 * (b // 4) + 4 * (b % 4) + k]
+    return xq, (-4 * bsums).astype(np.int32), bsums.astype(np.int32)
 
 
 @nb.njit(**PJIT)
@@ -467,12 +452,11 @@ def mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd, y):
                     q = vload_i8(isa, qv, r * QR + v * W)
                     h2 = vshl(vshr(vload_i8(isa, hv, r * HR + (v // 2) * W), 4 * (v % 2)), 2)
                     x0 = t * nS * 256 + v * 4 * W
-                    o0 = t * nS * 64 + v * W
-                    s0 = r * SR + v * (W // 4)
+                    a = vload_i32(isa, xo, t * SR + v * (W // 4))
                     for k in range(4):
                         u = vor(vand(vshr(q, 2 * k), 3), vand(vshr(h2, k), 4))
-                        a = dot_u8s8(isa, vload_i32(isa, xo, o0 + k * (W // 4)), u, vload_i8(isa, xq, x0 + k * W))
-                        isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + k * (W // 16))))
+                        a = dot_u8s8(isa, a, u, vload_i8(isa, xq, x0 + k * W))
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * SR + v * (W // 4))))
                 acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
             y[t, r] = vhsum(acc)
 
@@ -494,10 +478,11 @@ def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd, y):
                     v = S * nv + i
                     q = vload_i8(isa, qv, r * QR + v * W)
                     x0 = t * nS * 256 + v * 4 * W
-                    s0 = r * SR + v * (W // 4)
+                    a = vzero_i32(isa)
                     for k in range(4):
-                        a = dot_u8s8(isa, vzero_i32(isa), vand(vshr(q, 2 * k), 3), vload_i8(isa, xq, x0 + k * W))
-                        isum = vadd(isum, vmul_i32(a, _vload_lo4_x4(isa, scm, s0 + k * (W // 16))))
+                        a = dot_u8s8(isa, a, vand(vshr(q, 2 * k), 3), vload_i8(isa, xq, x0 + k * W))
+                    s0 = r * SR + v * (W // 4)
+                    isum = vadd(isum, vmul_i32(a, _vload_lo4(isa, scm, s0)))
                     msum = vadd(msum, vmul_i32(_vload_hi4(isa, scm, s0), vload_i32(isa, bs, t * SR + v * (W // 4))))
                 f = vsub(vmul(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]))),
                          vmul(vcvt(msum), vsplat_f32(isa, f16_bits_to_f32(dmin[r, S]))))
