@@ -113,8 +113,8 @@ def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray
     if typ == Q6_K:
         return _prep_q6(qx, dq, bsums, WIDTH[level])
     if typ in (Q3_K, Q2_K):
-        xq, xo, bs = _prep_q23(qx, bsums, WIDTH[level])
-        return (xq, xo, dq) if typ == Q3_K else (xq, bs, dq)
+        xq, xo, bs, xd4 = _prep_q23(qx, dq, bsums, WIDTH[level])
+        return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
     return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
 
 
@@ -328,19 +328,22 @@ def mv_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
 # ggml's Q3_K / Q2_K weight w = 128n + 32k + l of a super-block (n = 0..1, k = 0..3, l = 0..31) has its 2 low
 # bits at bits 2k..2k+1 of qs[32n + l] and sits in sub-block w // 16; Q3_K's 3rd bit is hmask[l] bit 4n + k
 # (u = q2 | bit << 2 in 0..7, ggml's q = u - 4).
-# Here the 2-bit values are regrouped so that one int32 lane is one sub-block: byte 4s + i of a super-block's 64
-# holds weights 16s + 4i + k at bits 2k..2k+1 (k = 0..3). A quant vector is width consecutive bytes (64/width
-# per super-block); its 4 steps k take bits 2k..2k+1 of every byte and dot them with the matching activations
-# (prep puts weight 16s + 4i + k's activation at step k, byte 4s + i), so after the 4 steps lane s holds
-# sub-block s's whole sum: one multiply by the sub-block scales (natural order, one byte per lane) per vector.
-# Q3_K: the 3rd bits, one vector per two quant vectors (2m, 2m+1): byte p holds the 4 bits of quant vector 2m's
-#   byte p (bit k: step k) in its low nibble, 2m+1's in its high nibble. The -4 offset: each lane starts at
-#   -4 * bsum of its sub-block. |lane| <= (16*7*128 + 4*2048) * 32 < 2**20, at most 4 per lane: exact in f32.
-#     qv (n_out, nS*64) uint8; hv (n_out, ceil(nS*64/width/2)*width) uint8; sc (n_out, nS*16) int8 (6-bit
-#     scale - 32); d (n_out, nS) uint16 -- 114 bytes per super-block (the file's 110 + 4 for unpacked scales)
-# Q2_K: scm (n_out, nS*16) uint8, ggml's own scale | min << 4 bytes: scales from the low nibbles, the min sum
-#   sum(m * bsum) from the high nibbles against the Q8_K bsums, lane by lane.
-#     qv (n_out, nS*64) uint8; scm (n_out, nS*16) uint8; d, dmin (n_out, nS) uint16 -- 84 bytes, as the file
+# Here one int32 lane is one sub-block: its 4 bytes hold the sub-block's weights 4i + k (byte i, bits 2k..2k+1).
+# Super-blocks go in groups of G = width/16 (4 at width 64, 2 at 32, 1 at 16; rows padded with zero super-blocks
+# to whole groups); a group is 4 quant vectors c = 0..3 whose lane j is sub-block 4c + j % 4 of the group's
+# super-block j // 4. Step k of a vector takes bits 2k..2k+1 of every byte and dots them with the matching
+# activations (prep), so after the 4 steps each lane holds its sub-block's whole sum: one multiply by the
+# sub-block scales (stored in lane order, one byte per lane) per vector, and the f32 part once per group (the
+# f16 super-block scales repeated over their 4 lanes, vcvtph2ps).
+# Q3_K: the 3rd bits, one vector per two quant vectors (c = 2m, 2m+1): byte p holds the 4 bits of vector 2m's
+#   byte p (bit k: step k) in its low nibble, 2m+1's in its high nibble -- 1 bit per weight, as in the file.
+#   The -4 offset: each lane starts at -4 * bsum of its sub-block. |lane| <= (16*7*128 + 4*2048) * 32 < 2**20,
+#   4 per lane a group: exact in f32.
+#     qv (n_out, nSp*64) uint8; hv (n_out, nSp*32) uint8; sc (n_out, nSp*16) int8 (6-bit scale - 32, lane
+#     order); d (n_out, nSp) uint16 -- 114 bytes per super-block (the file's 110 + 4 for unpacked scales)
+# Q2_K: scm (n_out, nSp*16) uint8, ggml's own scale | min << 4 bytes in lane order: scales from the low nibbles,
+#   the min sum sum(m * bsum) from the high nibbles against the Q8_K bsums in lane order (prep permutes them).
+#     qv (n_out, nSp*64) uint8; scm (n_out, nSp*16) uint8; d, dmin (n_out, nSp) uint16 -- 84 bytes, as the file
 
 
 def _lane_loader(shift, signed):
@@ -369,30 +372,45 @@ _vload_hi4 = intrinsic(_lane_loader(4, False))
 _vload_s8_i32 = intrinsic(_lane_loader(0, True))
 
 
+def _lane(W, L):
+    """Lane L of a row's lanes (vector L // (W/4), lane L % (W/4)) -> (super-block, sub-block) it holds."""
+    G, n = W // 16, W // 4
+    vi, j = L // n, L % n
+    return (vi // 4) * G + j // 4, 4 * (vi % 4) + j % 4
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _regroup_q23(qs, hm, W, qv, hv):
-    """qs (n_out, nS, 64), hm (n_out, nS, 32) ggml's bytes (hm unused when hv has no columns) -> qv, hv above."""
+def _regroup_q23(qs, hm, W, qv, hv, sc_in, sc_out):
+    """qs (n_out, nS, 64), hm (n_out, nS, 32) ggml's bytes (hm unused when hv has no columns), sc_in (n_out, nS,
+    16) per-sub-block scale bytes -> qv, hv, sc_out (layout above; padding super-blocks zero)."""
     n_out, nS, _ = qs.shape
+    nL = qv.shape[1] // 4
+    n = W // 4
     q3 = hv.shape[1] > 0
     for r in nb.prange(n_out):
         if q3:
             hv[r, :] = 0
-        for S in range(nS):
-            for b in range(64):
-                s, i = b // 4, b % 4
+        for L in range(nL):
+            S, s = _lane(W, L)
+            vi, j = L // n, L % n
+            sc_out[r, L] = sc_in[r, S, s] if S < nS else 0
+            for i in range(4):
                 byte = np.uint8(0)
                 nib = np.uint8(0)
-                for k in range(4):
-                    w = 16 * s + 4 * i + k
-                    n, kk, l = w // 128, (w % 128) // 32, w % 32
-                    byte |= ((np.uint8(qs[r, S, 32 * n + l]) >> np.uint8(2 * kk)) & np.uint8(3)) << np.uint8(2 * k)
-                    if q3:
-                        nib |= ((np.uint8(hm[r, S, l]) >> np.uint8(4 * n + kk)) & np.uint8(1)) << np.uint8(k)
-                qv[r, S * 64 + b] = byte
+                if S < nS:
+                    for k in range(4):
+                        w = 16 * s + 4 * i + k
+                        nn, kk, l = w // 128, (w % 128) // 32, w % 32
+                        byte |= ((np.uint8(qs[r, S, 32 * nn + l]) >> np.uint8(2 * kk)) & np.uint8(3)) << np.uint8(2 * k)
+                        if q3:
+                            nib |= ((np.uint8(hm[r, S, l]) >> np.uint8(4 * nn + kk)) & np.uint8(1)) << np.uint8(k)
+                p = 4 * j + i
+                qv[r, vi * W + p] = byte
                 if q3:
-                    g = S * 64 + b
-                    v, p = g // W, g % W
-                    hv[r, (v // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (v % 2)))
+                    hv[r, ((vi // 4) * 2 + (vi % 4) // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (vi % 2)))
+
+
+_lane = nb.njit(cache=True)(_lane)
 
 
 def _q3_scales(s: np.ndarray) -> np.ndarray:
@@ -404,89 +422,108 @@ def _q3_scales(s: np.ndarray) -> np.ndarray:
 
 def _repack_q23(typ, raw, n_out, n_in, level):
     W = WIDTH[level]
+    G = W // 16
     nS = n_in // 256
+    nSp = -(-nS // G) * G
     blk = np.asarray(raw).reshape(n_out, nS, 110 if typ == Q3_K else 84)
-    qv = np.empty((n_out, nS * 64), np.uint8)
+    qv = np.empty((n_out, nSp * 64), np.uint8)
+    sc = np.empty((n_out, nSp * 16), np.int8 if typ == Q3_K else np.uint8)
+    d = np.zeros((n_out, nSp), np.uint16)
     if typ == Q3_K:
-        hv = np.empty((n_out, -(-(nS * 64 // W) // 2) * W), np.uint8)
-        _regroup_q23(np.ascontiguousarray(blk[:, :, 32:96]), np.ascontiguousarray(blk[:, :, 0:32]), W, qv, hv)
-        sc = np.ascontiguousarray(_q3_scales(blk[:, :, 96:108]).reshape(n_out, nS * 16))
-        d = np.ascontiguousarray(blk[:, :, 108:110]).view(np.uint16).reshape(n_out, nS)
+        hv = np.empty((n_out, nSp * 32), np.uint8)
+        _regroup_q23(np.ascontiguousarray(blk[:, :, 32:96]), np.ascontiguousarray(blk[:, :, 0:32]), W, qv, hv,
+                     _q3_scales(blk[:, :, 96:108]), sc)
+        d[:, :nS] = np.ascontiguousarray(blk[:, :, 108:110]).view(np.uint16).reshape(n_out, nS)
         return qv, hv, sc, d
     _regroup_q23(np.ascontiguousarray(blk[:, :, 16:80]), np.zeros((n_out, nS, 32), np.uint8), W, qv,
-                 np.empty((n_out, 0), np.uint8))
-    scm = np.ascontiguousarray(blk[:, :, 0:16]).reshape(n_out, nS * 16)
+                 np.empty((n_out, 0), np.uint8), np.ascontiguousarray(blk[:, :, 0:16]), sc)
     dd = np.ascontiguousarray(blk[:, :, 80:84]).view(np.uint16).reshape(n_out, nS, 2)
-    return qv, scm, np.ascontiguousarray(dd[:, :, 0]), np.ascontiguousarray(dd[:, :, 1])
+    dmin = np.zeros((n_out, nSp), np.uint16)
+    d[:, :nS], dmin[:, :nS] = dd[:, :, 0], dd[:, :, 1]
+    return qv, sc, d, dmin
 
 
 @nb.njit(**JIT)
-def _prep_q23(qx, bsums, W):
-    """xq: weight 16s + 4i + k's activation at step k of the vector holding byte 4s + i (see above);
-    xo = -4 * bsums (Q3_K's lane start values); bsums as they are (Q2_K)."""
+def _prep_q23(qx, dq, bsums, W):
+    """xq: the activation of each byte's k-th weight at step k of its vector; bs: bsums in lane order; xo = -4 bs
+    (Q3_K's lane start values); xd4: the Q8_K scale of each lane's super-block (padding: 0)."""
     n_tok, n_in = qx.shape
-    xq = np.empty((n_tok, n_in), np.int8)
+    nS = n_in // 256
+    G = W // 16
+    nSp = -(-nS // G) * G
+    n = W // 4
+    xq = np.zeros((n_tok, nSp * 256), np.int8)
+    bs = np.zeros((n_tok, nSp * 16), np.int32)
+    xd4 = np.zeros((n_tok, nSp * 4), np.float32)
     for t in range(n_tok):
-        for g in range(n_in // 4):  # byte g of the row's quant bytes
-            v, p = g // W, g % W
-            S, b = g // 64, g % 64
-            for k in range(4):
-                xq[t, v * 4 * W + k * W + p] = qx[t, S * 256 + 16 * (b // 4) + 4 * (b % 4) + k]
-    return xq, (-4 * bsums).astype(np.int32), bsums.astype(np.int32)
+        for L in range(nSp * 16):
+            S, s = _lane(W, L)
+            if S >= nS:
+                continue
+            vi, j = L // n, L % n
+            bs[t, L] = bsums[t, S * 16 + s]
+            for i in range(4):
+                for k in range(4):
+                    xq[t, vi * 4 * W + k * W + 4 * j + i] = qx[t, S * 256 + 16 * s + 4 * i + k]
+        for S in range(nS):
+            for q in range(4):
+                xd4[t, S * 4 + q] = dq[t, S]
+    return xq, (-4 * bs).astype(np.int32), bs, xd4  # int32: numba widens int * int32 arrays to int64
 
 
 @nb.njit(**PJIT)
-def mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd, y):
+def mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd4, y):
     n_tok, n_out = y.shape
-    nS = d.shape[1]
+    nSp = d.shape[1]
     W = width(isa)
-    nv = 64 // W
+    n = W // 4
     QR, HR, SR = qv.shape[1], hv.shape[1], sc.shape[1]
     for r in nb.prange(n_out):
         for t in range(n_tok):
             acc = vzero_f32(isa)
-            for S in range(nS):
+            for g in range(nSp // (W // 16)):
                 isum = vzero_i32(isa)
-                for i in range(nv):
-                    v = S * nv + i
-                    q = vload_i8(isa, qv, r * QR + v * W)
-                    h2 = vshl(vshr(vload_i8(isa, hv, r * HR + (v // 2) * W), 4 * (v % 2)), 2)
-                    x0 = t * nS * 256 + v * 4 * W
-                    a = vload_i32(isa, xo, t * SR + v * (W // 4))
+                for c in range(4):
+                    vi = 4 * g + c
+                    q = vload_i8(isa, qv, r * QR + vi * W)
+                    h2 = vshl(vshr(vload_i8(isa, hv, r * HR + (2 * g + c // 2) * W), 4 * (c % 2)), 2)
+                    x0 = t * QR * 4 + vi * 4 * W
+                    a = vload_i32(isa, xo, t * SR + vi * n)
                     for k in range(4):
                         u = vor(vand(vshr(q, 2 * k), 3), vand(vshr(h2, k), 4))
                         a = dot_u8s8(isa, a, u, vload_i8(isa, xq, x0 + k * W))
-                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * SR + v * (W // 4))))
-                acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * SR + vi * n)))
+                f = vmul(vcvt(isum), vload_f16_x4(isa, d, r * nSp + g * (W // 16)))
+                acc = vfma(f, vload_f32(isa, xd4, t * nSp * 4 + g * n), acc)
             y[t, r] = vhsum(acc)
 
 
 @nb.njit(**PJIT)
-def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd, y):
+def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y):
     n_tok, n_out = y.shape
-    nS = d.shape[1]
+    nSp = d.shape[1]
     W = width(isa)
-    nv = 64 // W
+    n = W // 4
     QR, SR = qv.shape[1], scm.shape[1]
     for r in nb.prange(n_out):
         for t in range(n_tok):
             acc = vzero_f32(isa)
-            for S in range(nS):
+            for g in range(nSp // (W // 16)):
                 isum = vzero_i32(isa)
                 msum = vzero_i32(isa)
-                for i in range(nv):
-                    v = S * nv + i
-                    q = vload_i8(isa, qv, r * QR + v * W)
-                    x0 = t * nS * 256 + v * 4 * W
+                for c in range(4):
+                    vi = 4 * g + c
+                    q = vload_i8(isa, qv, r * QR + vi * W)
+                    x0 = t * QR * 4 + vi * 4 * W
                     a = vzero_i32(isa)
                     for k in range(4):
                         a = dot_u8s8(isa, a, vand(vshr(q, 2 * k), 3), vload_i8(isa, xq, x0 + k * W))
-                    s0 = r * SR + v * (W // 4)
+                    s0 = r * SR + vi * n
                     isum = vadd(isum, vmul_i32(a, _vload_lo4(isa, scm, s0)))
-                    msum = vadd(msum, vmul_i32(_vload_hi4(isa, scm, s0), vload_i32(isa, bs, t * SR + v * (W // 4))))
-                f = vsub(vmul(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]))),
-                         vmul(vcvt(msum), vsplat_f32(isa, f16_bits_to_f32(dmin[r, S]))))
-                acc = vfma(f, vsplat_f32(isa, xd[t, S]), acc)
+                    msum = vadd(msum, vmul_i32(_vload_hi4(isa, scm, s0), vload_i32(isa, bs, t * SR + vi * n)))
+                S0 = r * nSp + g * (W // 16)
+                f = vsub(vmul(vcvt(isum), vload_f16_x4(isa, d, S0)), vmul(vcvt(msum), vload_f16_x4(isa, dmin, S0)))
+                acc = vfma(f, vload_f32(isa, xd4, t * nSp * 4 + g * n), acc)
             y[t, r] = vhsum(acc)
 
 
