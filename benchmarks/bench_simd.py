@@ -1,6 +1,6 @@
 """Decode kernels per SIMD level vs the generic kernels vs a plain read of the same bytes, in one run.
 
-Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K,F16,BF16,Q4_1,Q5_0,Q5_1]
+Usage: python benchmarks/bench_simd.py [--types Q4_0,Q8_0,Q4_K,Q6_K,Q5_K,Q3_K,Q2_K,F16,BF16,Q4_1,Q5_0,Q5_1]
        [--shapes 5632x2048,256x2048]
        [--levels avx512vnni,avxvnni,avx2] [--threads 1] [--reps 7] [--rounds 2]
 GB/s = bytes of the file's blocks for the matrix / best time of one matvec (one token). Copies of the matrix are
@@ -93,7 +93,7 @@ def run(typ, n_out, n_in, levels, reps, rounds, clock, rng):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", default="Q4_0,Q8_0,Q4_K,Q6_K")
+    ap.add_argument("--types", default="Q4_0,Q8_0,Q4_K,Q6_K,Q5_K,Q3_K,Q2_K")
     ap.add_argument("--shapes", default="5632x2048,256x2048")
     ap.add_argument("--levels", default="avx512vnni,avxvnni,avx2")
     ap.add_argument("--threads", type=int, default=1)

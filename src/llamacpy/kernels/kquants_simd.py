@@ -1,7 +1,8 @@
-"""Decode kernels for Q4_K and Q6_K on the SIMD layer (simd.py), one source for every level.
+"""Decode kernels for the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) on the SIMD layer (simd.py), one source for
+every level.
 
-Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)`, `mv_q4_k` / `mv_q6_k(isa,
-...)`. Q6_K's layout is described above its kernel.
+Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)`, `mv_q2_k` .. `mv_q6_k(isa,
+...)`. Q5_K extends the Q4_K layout below; Q6_K's, Q3_K's and Q2_K's layouts are described above their kernels.
 
 Q4_K layout: one int32 lane per 64-weight chunk (ggml's Q4_K: chunk c of a super-block is 32 bytes, low nibbles =
 weights 64c..64c+31 = sub-block 2c, high nibbles = the next 32 = sub-block 2c+1). With n32 = width/4 lanes,
@@ -22,14 +23,17 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
-from .common import JIT, PJIT, Q4_K, Q6_K, f16_bits_to_f32
+from .common import JIT, PJIT, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, f16_bits_to_f32
 from .kquants import _scale_min_k4
-from .simd import (WIDTH, dot_u8s8, vand, vcvt, vfma, vload_f16_x4, vload_f32, vload_i8, vload_i32, vload_u8_i32,
+from .simd import (I8, I32, WIDTH, Vec, _c_array, _level, _ptr, _vt, dot_u8s8, vand, vcvt, vfma, vload_f16_x4, vload_f32, vload_i8, vload_i32, vload_u8_i32,
                    vload_i8_i32_x4, vmul, vmul_i32, vadd, vor, vshl, vshr, vshr4, vsplat_f32, vsub, vzero_f32,
                    vzero_i32, vhsum, width)
 
-TYPES = (Q4_K, Q6_K)
+TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 LAYOUT_VERSION = 1
 
 
@@ -61,8 +65,11 @@ def _interleave(qsrc, sc, mn, dsrc, n32, qs, sl, sh, ml, mh, d, dmin):
 def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) -> tuple:
     if typ == Q6_K:
         return _repack_q6(raw, n_out, n_in, level)
+    if typ in (Q3_K, Q2_K):
+        return _repack_q23(typ, raw, n_out, n_in, level)
     nS = n_in // 256
-    blk = np.asarray(raw).reshape(n_out, nS, 144)
+    blk = np.asarray(raw).reshape(n_out, nS, 144 if typ == Q4_K else 176)
+    qo = 16 if typ == Q4_K else 48  # Q5_K: d, dmin, scales, qh[32], qs[128]
     sc, mn = _scale_min_k4(blk[:, :, 4:16])  # (n_out, nS, 8)
     nchp = _nchp(n_in, level)
     qs = np.empty((n_out, nchp * 32), np.uint8)
@@ -70,8 +77,12 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
     d = np.empty((n_out, nchp // 4), np.uint16)
     dmin = np.empty((n_out, nchp // 4), np.uint16)
     dsrc = np.ascontiguousarray(blk[:, :, 0:4]).view(np.uint16)  # (n_out, nS, 2)
-    _interleave(blk[:, :, 16:144].reshape(n_out, nS * 4, 32), np.ascontiguousarray(sc).reshape(n_out, -1),
+    _interleave(blk[:, :, qo:qo + 128].reshape(n_out, nS * 4, 32), np.ascontiguousarray(sc).reshape(n_out, -1),
                 np.ascontiguousarray(mn).reshape(n_out, -1), dsrc, WIDTH[level] // 4, qs, sl, sh, ml, mh, d, dmin)
+    if typ == Q5_K:
+        qh = np.empty((n_out, nchp * 8), np.uint8)
+        _interleave_q5h(np.ascontiguousarray(blk[:, :, 16:48]), WIDTH[level] // 4, qh)
+        return qs, qh, sl, sh, ml, mh, d, dmin
     return qs, sl, sh, ml, mh, d, dmin
 
 
@@ -101,6 +112,9 @@ def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray
     """Q8_K activations (qx (n, n_in) int8, d (n, n_in/256) f32, bsums (n, n_in/16)) -> the kernel's arrays."""
     if typ == Q6_K:
         return _prep_q6(qx, dq, bsums, WIDTH[level])
+    if typ in (Q3_K, Q2_K):
+        xq, xo, bs, xd4 = _prep_q23(qx, dq, bsums, WIDTH[level])
+        return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
     return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
 
 
@@ -238,4 +252,279 @@ def _repack_q6(raw, n_out, n_in, level):
     return qv, sc, d
 
 
-MV = {Q4_K: mv_q4_k, Q6_K: mv_q6_k}
+
+# -- Q5_K ------------------------------------------------------------------------------------------------------
+# The Q4_K layout (qs, sl, sh, ml, mh, d, dmin: the low 4 bits, ggml's Q5_K qs[128]) plus the 5th bits, in the
+# same lane order: per chunk group g, two vectors of width bytes (one per 4 steps); byte 4k + b of vector p holds
+# the 5th bits of bytes j = 4 (4p + i) + b (i = 0..3) of chunk k of the group: bit 2i for the low nibble (ggml's
+# qh[j] bit 2 (c % 4) of super-block c // 4), bit 2i + 1 for the high nibble (bit 2 (c % 4) + 1) -- 1 bit per
+# weight, as in the file. The kernel takes bits 0 and 1 to bit 4 (<< 4, << 3) and moves the vector on by 2.
+#     qh (n_out, nch*8) uint8 (nch: chunks padded as for Q4_K)
+# Sums: q <= 31, 32 terms, |x| <= 128: sc * isum per chunk < 63 * 31 * 128 * 32 * 2 < 2**24 (exact in f32).
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _interleave_q5h(qhsrc, n32, qh):
+    """qhsrc (n_out, nS, 32) ggml's qh bytes -> qh (n_out, nchp*8) as described above."""
+    n_out, nS, _ = qhsrc.shape
+    W = 4 * n32
+    nch = nS * 4
+    nchp = qh.shape[1] // 8
+    for r in nb.prange(n_out):
+        qh[r, :] = 0
+        for c in range(min(nch, nchp)):
+            g, k = c // n32, c % n32
+            S, cc = c // 4, c % 4
+            for j in range(32):
+                s, b = j // 4, j % 4
+                p, i = s // 4, s % 4
+                h = np.uint8(qhsrc[r, S, j])
+                lo = (h >> np.uint8(2 * cc)) & np.uint8(1)
+                hi = (h >> np.uint8(2 * cc + 1)) & np.uint8(1)
+                o = g * 2 * W + p * W + 4 * k + b
+                qh[r, o] |= np.uint8((lo << np.uint8(2 * i)) | (hi << np.uint8(2 * i + 1)))
+
+
+@nb.njit(**PJIT)
+def mv_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
+    """y (n_tok, n_out) = W @ x; Q4_K's arithmetic with 5-bit q (activations as prep makes them for Q4_K)."""
+    H = qs.shape[1]
+    HH = qh.shape[1]
+    nchp = sl.shape[1]
+    nSp = d.shape[1]
+    n_tok, n_out = y.shape
+    W = width(isa)
+    n32 = W // 4
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for g in range(nchp // n32):
+                q0 = r * H + g * 8 * W
+                h0 = r * HH + g * 2 * W
+                x0 = t * H + g * 8 * W
+                lo = vzero_i32(isa)
+                hi = vzero_i32(isa)
+                for p in range(2):
+                    hb = vload_i8(isa, qh, h0 + p * W)
+                    for i in range(4):
+                        s = 4 * p + i
+                        w = vload_i8(isa, qs, q0 + s * W)
+                        lo = dot_u8s8(isa, lo, vor(vand(w, 15), vand(vshl(hb, 4), 16)), vload_i8(isa, xa, x0 + s * W))
+                        hi = dot_u8s8(isa, hi, vor(vshr4(w), vand(vshl(hb, 3), 16)), vload_i8(isa, xb, x0 + s * W))
+                        hb = vshr(hb, 2)
+                c0 = g * n32
+                i0 = r * nchp + c0
+                j0 = t * nchp + c0
+                isum = vadd(vmul_i32(vload_u8_i32(isa, sl, i0), lo), vmul_i32(vload_u8_i32(isa, sh, i0), hi))
+                msum = vadd(vmul_i32(vload_u8_i32(isa, ml, i0), vload_i32(isa, bl, j0)),
+                            vmul_i32(vload_u8_i32(isa, mh, i0), vload_i32(isa, bh, j0)))
+                S0 = r * nSp + c0 // 4
+                v = vsub(vmul(vcvt(isum), vload_f16_x4(isa, d, S0)), vmul(vcvt(msum), vload_f16_x4(isa, dmin, S0)))
+                acc = vfma(v, vload_f32(isa, xd, j0), acc)
+            y[t, r] = vhsum(acc)
+
+
+# -- Q3_K and Q2_K ---------------------------------------------------------------------------------------------
+# ggml's Q3_K / Q2_K weight w = 128n + 32k + l of a super-block (n = 0..1, k = 0..3, l = 0..31) has its 2 low
+# bits at bits 2k..2k+1 of qs[32n + l] and sits in sub-block w // 16; Q3_K's 3rd bit is hmask[l] bit 4n + k
+# (u = q2 | bit << 2 in 0..7, ggml's q = u - 4).
+# Here one int32 lane is one sub-block: its 4 bytes hold the sub-block's weights 4i + k (byte i, bits 2k..2k+1).
+# Super-blocks go in groups of G = width/16 (4 at width 64, 2 at 32, 1 at 16; rows padded with zero super-blocks
+# to whole groups); a group is 4 quant vectors c = 0..3 whose lane j is sub-block 4c + j % 4 of the group's
+# super-block j // 4. Step k of a vector takes bits 2k..2k+1 of every byte and dots them with the matching
+# activations (prep), so after the 4 steps each lane holds its sub-block's whole sum: one multiply by the
+# sub-block scales (stored in lane order, one byte per lane) per vector, and the f32 part once per group (the
+# f16 super-block scales repeated over their 4 lanes, vcvtph2ps).
+# Q3_K: the 3rd bits, one vector per two quant vectors (c = 2m, 2m+1): byte p holds the 4 bits of vector 2m's
+#   byte p (bit k: step k) in its low nibble, 2m+1's in its high nibble -- 1 bit per weight, as in the file.
+#   The -4 offset: each lane starts at -4 * bsum of its sub-block. |lane| <= (16*7*128 + 4*2048) * 32 < 2**20,
+#   4 per lane a group: exact in f32.
+#     qv (n_out, nSp*64) uint8; hv (n_out, nSp*32) uint8; sc (n_out, nSp*16) int8 (6-bit scale - 32, lane
+#     order); d (n_out, nSp) uint16 -- 114 bytes per super-block (the file's 110 + 4 for unpacked scales)
+# Q2_K: scm (n_out, nSp*16) uint8, ggml's own scale | min << 4 bytes in lane order: scales from the low nibbles,
+#   the min sum sum(m * bsum) from the high nibbles against the Q8_K bsums in lane order (prep permutes them).
+#     qv (n_out, nSp*64) uint8; scm (n_out, nSp*16) uint8; d, dmin (n_out, nSp) uint16 -- 84 bytes, as the file
+
+
+def _lane_loader(shift, signed):
+    def impl(typingctx, isa, a, i):
+        n = WIDTH[_level(isa)] // 4
+        if not (_c_array(a) and isinstance(i, types.Integer)):
+            return None
+
+        def cg(context, builder, sig, args):
+            v = builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], _vt(I8, n)), align=1)
+            if signed:
+                return builder.sext(v, _vt(I32, n))
+            v = builder.zext(v, _vt(I32, n))
+            if shift:
+                v = builder.lshr(v, ir.Constant(_vt(I32, n), [shift] * n))
+            return builder.and_(v, ir.Constant(_vt(I32, n), [15] * n))
+
+        return Vec(types.int32, n)(isa, a, i), cg
+
+    return impl
+
+
+# width/4 bytes at flat index i as int32 lanes: low nibbles, high nibbles, sign-extended (local to Q2_K / Q3_K)
+_vload_lo4 = intrinsic(_lane_loader(0, False))
+_vload_hi4 = intrinsic(_lane_loader(4, False))
+_vload_s8_i32 = intrinsic(_lane_loader(0, True))
+
+
+def _lane(W, L):
+    """Lane L of a row's lanes (vector L // (W/4), lane L % (W/4)) -> (super-block, sub-block) it holds."""
+    G, n = W // 16, W // 4
+    vi, j = L // n, L % n
+    return (vi // 4) * G + j // 4, 4 * (vi % 4) + j % 4
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _regroup_q23(qs, hm, W, qv, hv, sc_in, sc_out):
+    """qs (n_out, nS, 64), hm (n_out, nS, 32) ggml's bytes (hm unused when hv has no columns), sc_in (n_out, nS,
+    16) per-sub-block scale bytes -> qv, hv, sc_out (layout above; padding super-blocks zero)."""
+    n_out, nS, _ = qs.shape
+    nL = qv.shape[1] // 4
+    n = W // 4
+    q3 = hv.shape[1] > 0
+    for r in nb.prange(n_out):
+        if q3:
+            hv[r, :] = 0
+        for L in range(nL):
+            S, s = _lane(W, L)
+            vi, j = L // n, L % n
+            sc_out[r, L] = sc_in[r, S, s] if S < nS else 0
+            for i in range(4):
+                byte = np.uint8(0)
+                nib = np.uint8(0)
+                if S < nS:
+                    for k in range(4):
+                        w = 16 * s + 4 * i + k
+                        nn, kk, l = w // 128, (w % 128) // 32, w % 32
+                        byte |= ((np.uint8(qs[r, S, 32 * nn + l]) >> np.uint8(2 * kk)) & np.uint8(3)) << np.uint8(2 * k)
+                        if q3:
+                            nib |= ((np.uint8(hm[r, S, l]) >> np.uint8(4 * nn + kk)) & np.uint8(1)) << np.uint8(k)
+                p = 4 * j + i
+                qv[r, vi * W + p] = byte
+                if q3:
+                    hv[r, ((vi // 4) * 2 + (vi % 4) // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (vi % 2)))
+
+
+_lane = nb.njit(cache=True)(_lane)
+
+
+def _q3_scales(s: np.ndarray) -> np.ndarray:
+    """ggml's 12 packed Q3_K scale bytes (n_out, nS, 12) -> signed scales (n_out, nS, 16) int8 (6-bit - 32)."""
+    lo = np.concatenate([s[..., 0:8] & 15, s[..., 0:8] >> 4], axis=-1)
+    hi = np.concatenate([(s[..., 8:12] >> (2 * k)) & 3 for k in range(4)], axis=-1)
+    return ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
+
+
+def _repack_q23(typ, raw, n_out, n_in, level):
+    W = WIDTH[level]
+    G = W // 16
+    nS = n_in // 256
+    nSp = -(-nS // G) * G
+    blk = np.asarray(raw).reshape(n_out, nS, 110 if typ == Q3_K else 84)
+    qv = np.empty((n_out, nSp * 64), np.uint8)
+    sc = np.empty((n_out, nSp * 16), np.int8 if typ == Q3_K else np.uint8)
+    d = np.zeros((n_out, nSp), np.uint16)
+    if typ == Q3_K:
+        hv = np.empty((n_out, nSp * 32), np.uint8)
+        _regroup_q23(np.ascontiguousarray(blk[:, :, 32:96]), np.ascontiguousarray(blk[:, :, 0:32]), W, qv, hv,
+                     _q3_scales(blk[:, :, 96:108]), sc)
+        d[:, :nS] = np.ascontiguousarray(blk[:, :, 108:110]).view(np.uint16).reshape(n_out, nS)
+        return qv, hv, sc, d
+    _regroup_q23(np.ascontiguousarray(blk[:, :, 16:80]), np.zeros((n_out, nS, 32), np.uint8), W, qv,
+                 np.empty((n_out, 0), np.uint8), np.ascontiguousarray(blk[:, :, 0:16]), sc)
+    dd = np.ascontiguousarray(blk[:, :, 80:84]).view(np.uint16).reshape(n_out, nS, 2)
+    dmin = np.zeros((n_out, nSp), np.uint16)
+    d[:, :nS], dmin[:, :nS] = dd[:, :, 0], dd[:, :, 1]
+    return qv, sc, d, dmin
+
+
+@nb.njit(**JIT)
+def _prep_q23(qx, dq, bsums, W):
+    """xq: the activation of each byte's k-th weight at step k of its vector; bs: bsums in lane order; xo = -4 bs
+    (Q3_K's lane start values); xd4: the Q8_K scale of each lane's super-block (padding: 0)."""
+    n_tok, n_in = qx.shape
+    nS = n_in // 256
+    G = W // 16
+    nSp = -(-nS // G) * G
+    n = W // 4
+    xq = np.zeros((n_tok, nSp * 256), np.int8)
+    bs = np.zeros((n_tok, nSp * 16), np.int32)
+    xd4 = np.zeros((n_tok, nSp * 4), np.float32)
+    for t in range(n_tok):
+        for L in range(nSp * 16):
+            S, s = _lane(W, L)
+            if S >= nS:
+                continue
+            vi, j = L // n, L % n
+            bs[t, L] = bsums[t, S * 16 + s]
+            for i in range(4):
+                for k in range(4):
+                    xq[t, vi * 4 * W + k * W + 4 * j + i] = qx[t, S * 256 + 16 * s + 4 * i + k]
+        for S in range(nS):
+            for q in range(4):
+                xd4[t, S * 4 + q] = dq[t, S]
+    return xq, (-4 * bs).astype(np.int32), bs, xd4  # int32: numba widens int * int32 arrays to int64
+
+
+@nb.njit(**PJIT)
+def mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd4, y):
+    n_tok, n_out = y.shape
+    nSp = d.shape[1]
+    W = width(isa)
+    n = W // 4
+    QR, HR, SR = qv.shape[1], hv.shape[1], sc.shape[1]
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for g in range(nSp // (W // 16)):
+                isum = vzero_i32(isa)
+                for c in range(4):
+                    vi = 4 * g + c
+                    q = vload_i8(isa, qv, r * QR + vi * W)
+                    h2 = vshl(vshr(vload_i8(isa, hv, r * HR + (2 * g + c // 2) * W), 4 * (c % 2)), 2)
+                    x0 = t * QR * 4 + vi * 4 * W
+                    a = vload_i32(isa, xo, t * SR + vi * n)
+                    for k in range(4):
+                        u = vor(vand(vshr(q, 2 * k), 3), vand(vshr(h2, k), 4))
+                        a = dot_u8s8(isa, a, u, vload_i8(isa, xq, x0 + k * W))
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * SR + vi * n)))
+                f = vmul(vcvt(isum), vload_f16_x4(isa, d, r * nSp + g * (W // 16)))
+                acc = vfma(f, vload_f32(isa, xd4, t * nSp * 4 + g * n), acc)
+            y[t, r] = vhsum(acc)
+
+
+@nb.njit(**PJIT)
+def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y):
+    n_tok, n_out = y.shape
+    nSp = d.shape[1]
+    W = width(isa)
+    n = W // 4
+    QR, SR = qv.shape[1], scm.shape[1]
+    for r in nb.prange(n_out):
+        for t in range(n_tok):
+            acc = vzero_f32(isa)
+            for g in range(nSp // (W // 16)):
+                isum = vzero_i32(isa)
+                msum = vzero_i32(isa)
+                for c in range(4):
+                    vi = 4 * g + c
+                    q = vload_i8(isa, qv, r * QR + vi * W)
+                    x0 = t * QR * 4 + vi * 4 * W
+                    a = vzero_i32(isa)
+                    for k in range(4):
+                        a = dot_u8s8(isa, a, vand(vshr(q, 2 * k), 3), vload_i8(isa, xq, x0 + k * W))
+                    s0 = r * SR + vi * n
+                    isum = vadd(isum, vmul_i32(a, _vload_lo4(isa, scm, s0)))
+                    msum = vadd(msum, vmul_i32(_vload_hi4(isa, scm, s0), vload_i32(isa, bs, t * SR + vi * n)))
+                S0 = r * nSp + g * (W // 16)
+                f = vsub(vmul(vcvt(isum), vload_f16_x4(isa, d, S0)), vmul(vcvt(msum), vload_f16_x4(isa, dmin, S0)))
+                acc = vfma(f, vload_f32(isa, xd4, t * nSp * 4 + g * n), acc)
+            y[t, r] = vhsum(acc)
+
+
+MV = {Q2_K: mv_q2_k, Q3_K: mv_q3_k, Q4_K: mv_q4_k, Q5_K: mv_q5_k, Q6_K: mv_q6_k}
