@@ -22,6 +22,9 @@ COMMANDS = {
     "convert": ("llamacpy.convert", "convert Meta/HF/llama2.c checkpoints to GGUF"),
 }
 
+# commands whose process runs only llamacpy's jitted code: numba's registries load without scipy/cffi (lean_numba)
+LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize"}
+
 USAGE = "usage: llamacpy <command> [options]\n\ncommands:\n" + "\n".join(
     f"  {name:<11} {desc}" for name, (_, desc) in COMMANDS.items()
 )
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llamacpy: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    if name in LEAN_NUMBA:
+        from . import lean_numba
+
+        lean_numba.prepare()
     try:
         if name == "chat":
             return module.main(rest, chat=True)
