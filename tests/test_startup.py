@@ -104,3 +104,18 @@ def test_no_kernel_needs_numbas_blas():
                     if base in ("np", "numpy") or base.startswith(("np.", "numpy.")):
                         bad.append(f"{path.name}:{node.lineno} {base}.{node.attr}")
     assert bad == []
+
+
+def test_program_run_flushes_everything_before_its_fast_exit():
+    # `python -m llamacpy run` ends with os._exit (cli.FAST_EXIT): piped stdout is block-buffered, so text and
+    # llama.cpp's timing lines arrive only if _exit_now flushed them
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([sys.executable, "-m", "llamacpy", "run", "-p", "Once upon a time", "-n", "8", "--temp", "0"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(" Once upon a time") and len(r.stdout) > len(" Once upon a time\n")
+    assert r.stdout.endswith("\n")
+    assert "llama_perf_context_print:       total time" in r.stderr
+    bad = subprocess.run([sys.executable, "-m", "llamacpy", "run", "-p", "x", "-n", "-7"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
