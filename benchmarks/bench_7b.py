@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_7b.py [--file /tmp/rg/7b-Q4_0.gguf] [-p 64] [-n 32] [-t 2] [-r 2] [--serve]
        [--llama-bench PATH] [-c 4096] [--skip-speed] [--skip-rss]
+       [--profile]
 
 1. The file: when --file is missing it is made as the issue says -- `make_random_gguf.py --type F16 --dim 4096
    --layers 32 --heads 32 --kv-heads 32 --ffn 11008` (13 GB, ~5 min), then `llamacpy quantize ... Q4_0` (our
@@ -16,6 +17,8 @@ Usage: python benchmarks/bench_7b.py [--file /tmp/rg/7b-Q4_0.gguf] [-p 64] [-n 3
 4. --serve (issue 12's memory check): `llamacpy serve -m FILE -np 4 -c 8192` is started, sent 4 concurrent
    /completion requests (httpx), and its peak RSS read from /proc/PID/status VmHWM; target file + f16 KV of
    -c 8192 + 15%.
+5. --profile: in this process, cProfile of N decode steps and of one ppP batch: the time per kernel (numba
+   dispatchers show up as functions), and the matvec kernels' achieved GB/s (weight bytes per token / their time).
 Prints one markdown table for benchmarks/RESULTS.md, with `uptime` before and after.
 """
 
@@ -146,6 +149,50 @@ def serve_check(path: Path, t: int, port: int = 18437) -> dict:
     return res
 
 
+def profile(path: Path, t: int, n_tg: int, n_pp: int) -> None:
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    sys.path.insert(0, str(SRC))
+    from llamacpy.model import LlamaModel
+
+    m = LlamaModel.load(str(path), n_ctx=max(n_tg, n_pp) + 8, n_threads=t)
+    rng = np.random.default_rng(0)
+    m.forward(rng.integers(0, m.n_vocab, 2).astype(np.int32))  # warm-up: kernels loaded, pages touched
+    for kind, n in (("tg", n_tg), ("pp", n_pp)):
+        m.kv.clear()
+        toks = rng.integers(0, m.n_vocab, n).astype(np.int32)
+        pr = cProfile.Profile()
+        t0, c0 = time.perf_counter(), time.process_time()
+        pr.enable()
+        if kind == "tg":
+            for i in range(n):
+                m.forward(toks[i:i + 1])
+        else:
+            m.forward(toks)
+        pr.disable()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        st = pstats.Stats(pr).stats
+        rows = sorted(((v[2], k) for k, v in st.items()), reverse=True)[:12]
+        per = n if kind == "tg" else 1
+        unit = "ms/token" if kind == "tg" else f"ms per pp{n}"
+        print(f"\n{kind}{n}: {1000 * wall / per:.1f} {unit} wall, {1000 * cpu / per:.1f} cpu (load {load()})")
+        print(f"| function | calls | {unit} | share |")
+        print("|---|---:|---:|---:|")
+        mv = 0.0
+        for tt, (file, line, fn) in rows:
+            print(f"| {Path(file).name}:{fn} | {st[(file, line, fn)][1] // per} | {1000 * tt / per:.1f} | "
+                  f"{tt / wall:.0%} |")
+            if fn.startswith("mv_"):
+                mv += tt
+        if kind == "tg" and mv:
+            gbs = m.weight_bytes_per_token * n / mv / 1e9
+            print(f"matvec kernels: {1000 * mv / n:.1f} ms/token for {m.weight_bytes_per_token / 2**30:.2f} GiB of "
+                  f"weights = {gbs:.1f} GB/s; the rest of the step {1000 * (wall - mv) / n:.1f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--file", type=Path, default=Path("/tmp/rg/7b-Q4_0.gguf"))
@@ -159,8 +206,12 @@ def main() -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--serve", action="store_true", help="also issue 12's -np 4 -c 8192 memory check")
+    ap.add_argument("--profile", action="store_true", help="only the per-kernel profile (-n decode steps, one -p)")
     a = ap.parse_args()
     ensure_file(a.file, a.keep_f16)
+    if a.profile:
+        profile(a.file, a.t, a.n, a.p)
+        return 0
     size = a.file.stat().st_size
     print(f"load before: {load()}", flush=True)
     rows = []
