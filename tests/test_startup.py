@@ -119,3 +119,22 @@ def test_program_run_flushes_everything_before_its_fast_exit():
     bad = subprocess.run([sys.executable, "-m", "llamacpy", "run", "-p", "x", "-n", "-7"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_lean_registries_skip_the_extension_scan():
+    code = """
+import json, sys
+from importlib import metadata
+calls = []
+real = metadata.entry_points
+metadata.entry_points = lambda *a, **k: calls.append(1) or real(*a, **k)
+from llamacpy import lean_numba
+lean_numba.prepare()
+from llamacpy.kernels import ops
+import numpy as np
+x = np.ones((1, 8), np.float32)
+ops.add_inplace(x, x)  # a kernel's first call: numba's compilation-chain hook would run the extension scan
+print(json.dumps({"scans": len(calls), "x": float(x.sum())}))
+"""
+    res = _run_probe(code)
+    assert res == {"scans": 0, "x": 16.0}

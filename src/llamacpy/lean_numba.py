@@ -9,6 +9,9 @@ numpy.f2py and numpy.testing: ~0.25 s on an idle 2-vCPU VM), and numba.core.typi
 pycparser (~0.15 s). Our kernels call neither np.dot/np.linalg nor cffi functions, so `prepare()` loads the
 registries once while `scipy.linalg` and `cffi` read as absent, then puts sys.modules back: a later import of
 either works as usual; only numba's own np.dot-in-jit and cffi-in-jit support stay off in the process.
+It also marks numba's third-party extension hook (`numba_extensions` entry points) as done: finding them scans
+the metadata of every installed distribution (~30 ms of CPU with 169 of them here), and no extension's types
+appear in our kernels.
 Must not: run from `import llamacpy` or the Python API (a user's own numba code in that process may need
 np.dot or cffi); it is for the CLI's processes, whose only jitted code is ours. Must not compile anything.
 """
@@ -27,7 +30,11 @@ def prepare() -> None:
     if _done:
         return
     _done = True
+    from numba.core import entrypoints
     from numba.core.registry import cpu_target
+
+    if hasattr(entrypoints, "_already_initialized"):  # numba 0.5x-0.6x: init_all() returns at once when True
+        entrypoints._already_initialized = True
 
     hidden = [name for name in _HIDDEN if name not in sys.modules]
     for name in hidden:
