@@ -6,7 +6,9 @@ non-zero exit. Each command lives in its own module exposing `main(argv: list[st
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
 
 from .errors import LlamacpyError
@@ -22,12 +24,22 @@ COMMANDS = {
     "convert": ("llamacpy.convert", "convert Meta/HF/llama2.c checkpoints to GGUF"),
 }
 
+# commands whose process runs only llamacpy's jitted code: numba's registries load without scipy/cffi (lean_numba)
+LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize"}
+# commands that start no threads or child processes of their own and write only stdout/stderr: run as the
+# program (argv None), they end with os._exit after flushing and running the atexit handlers, skipping the
+# interpreter's teardown of numba/LLVM state (~0.2 s of CPU and more of wall time at the end of every run,
+# measured with benchmarks/warm_start.py)
+FAST_EXIT = {"run", "chat", "bench", "perplexity"}
+
 USAGE = "usage: llamacpy <command> [options]\n\ncommands:\n" + "\n".join(
     f"  {name:<11} {desc}" for name, (_, desc) in COMMANDS.items()
 )
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`llamacpy ARGV...`; argv None means this is the program (the console script, `python -m llamacpy`)."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -42,9 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llamacpy: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    if name in LEAN_NUMBA:
+        from . import lean_numba
+
+        lean_numba.prepare()
+    rc = _dispatch(name, module, rest)
+    if program and name in FAST_EXIT:
+        _exit_now(rc)
+    return rc
+
+
+def _dispatch(name: str, module, rest: list[str]) -> int:
     try:
         if name == "chat":
-            return module.main(rest, chat=True)
+            return int(module.main(rest, chat=True) or 0)
         return int(module.main(rest) or 0)
     except LlamacpyError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -54,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _exit_now(rc: int) -> None:
+    """End the process now: flush stdout/stderr, run the atexit handlers, then os._exit (no module teardown)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream: nothing more to deliver
+            pass
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import codecs
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from .chat import ChatTemplate, template_for_model
 from .errors import ContextError, LlamacpyError
 from .generation import Session, Timings
 from .gguf_file import GGUFFile
@@ -24,6 +24,12 @@ from .model import LlamaModel
 from .model_source import add_model_args, resolve_model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from .chat import ChatTemplate
+
+# imported where they are used, so a plain `run` does not load them: .chat (a chat template is in play),
+# .grammar (--grammar / --json-schema given), .interactive (-i / conversation)
 
 
 class UsageError(LlamacpyError):
@@ -218,7 +224,6 @@ def parse_logit_bias(items: list[str]) -> dict[int, float]:
 
 
 def sampling_params(args) -> SamplingParams:
-    from .grammar import grammar_from_args
     from .sampling import DEFAULT_SAMPLERS, samplers_from_chars, samplers_from_names
 
     order = list(DEFAULT_SAMPLERS)
@@ -247,8 +252,17 @@ def sampling_params(args) -> SamplingParams:
         dry_penalty_last_n=args.dry_penalty_last_n, dry_sequence_breakers=breakers,
         mirostat=args.mirostat, mirostat_tau=args.mirostat_tau, mirostat_eta=args.mirostat_eta,
         top_n_sigma=args.top_n_sigma, samplers=order, ignore_eos=args.ignore_eos,
-        grammar=grammar_from_args(args.grammar, args.grammar_file, _json_schema_arg(args)),
+        grammar=_grammar_arg(args),
     )
+
+
+def _grammar_arg(args) -> str | None:
+    schema = _json_schema_arg(args)
+    if args.grammar is None and args.grammar_file is None and schema is None:
+        return None
+    from .grammar import grammar_from_args
+
+    return grammar_from_args(args.grammar, args.grammar_file, schema)
 
 
 def _json_schema_arg(args) -> str | None:
@@ -329,6 +343,8 @@ def conversation_template(args, chat: bool, metadata: dict, tokenizer) -> ChatTe
     has_template = override is not None or isinstance(metadata.get("tokenizer.chat_template"), str)
     if wanted is False or (wanted is None and not has_template):
         return None
+    from .chat import template_for_model
+
     template = template_for_model(metadata, tokenizer, name=override, use_jinja=args.jinja, fallback="chatml")
     template.apply([{"role": "user", "content": "test"}])  # a template that cannot render fails now, clearly
     return template

@@ -13,11 +13,12 @@ Must not: read files (callers pass `GGUFFile(path).metadata`).
 from __future__ import annotations
 
 from ..errors import TokenizerError
-from .bpe import BPETokenizer
 from .spm import SPMTokenizer
 from .vocab import KEY_PREFIX, Tokenizer
 
-TOKENIZER_CLASSES = {"llama": SPMTokenizer, "gpt2": BPETokenizer}
+# the BPE tokenizer (and the `regex` package its pre-tokenizers need) is imported only for a "gpt2" vocabulary:
+# a SentencePiece-style model's start-up does not pay for it
+TOKENIZER_CLASSES = {"llama": "spm", "gpt2": "bpe"}
 
 __all__ = ["Tokenizer", "SPMTokenizer", "BPETokenizer", "load_tokenizer", "detokenize_like_llama_cpp_python"]
 
@@ -27,11 +28,20 @@ def load_tokenizer(metadata: dict, path: str = "model") -> Tokenizer:
     model = metadata.get(key)
     if model is None:
         raise TokenizerError(f"{path}: missing vocabulary metadata key {key!r}")
-    cls = TOKENIZER_CLASSES.get(model) if isinstance(model, str) else None
-    if cls is None:
+    kind = TOKENIZER_CLASSES.get(model) if isinstance(model, str) else None
+    if kind is None:
         known = ", ".join(repr(k) for k in TOKENIZER_CLASSES)
         raise TokenizerError(f"{path}: unsupported tokenizer {key}={model!r} (supported: {known})")
+    cls = SPMTokenizer if kind == "spm" else __getattr__("BPETokenizer")
     return cls(metadata, path)
+
+
+def __getattr__(name: str):
+    if name == "BPETokenizer":
+        from .bpe import BPETokenizer
+
+        return BPETokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def detokenize_like_llama_cpp_python(tokenizer: Tokenizer, ids, special: bool = False) -> bytes:
