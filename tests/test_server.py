@@ -652,3 +652,39 @@ def test_post_sampling_probs_are_the_chains(server):
     entries = post_.json()["completion_probabilities"]
     assert [e["id"] for e in entries] == [e["id"] for e in raw]
     assert all(e["prob"] == 1.0 and e["top_probs"][0]["prob"] == 1.0 for e in entries)
+
+
+def test_event_bridge_buffers_wakes_and_times_out():
+    """EventBridge (no server): events from another thread arrive in order whatever the wake-ups coalesce;
+    final_only wakes at the end only but tokens still reset the -to clock; silence past it raises."""
+    import threading
+
+    from llamacpy.engine import TokenEvent
+    from llamacpy.server.stream import EventBridge, RequestTimeout
+
+    def feed(bridge, n, gap):
+        for i in range(n):
+            bridge.on_event(TokenEvent(i, str(i)))
+            time.sleep(gap)
+        bridge.on_event(TokenEvent(None, "", finish_reason="stop"))
+
+    async def run(final_only, n, gap, timeout):
+        b = EventBridge(asyncio.get_running_loop(), timeout, final_only=final_only)
+        th = threading.Thread(target=feed, args=(b, n, gap))
+        th.start()
+        try:
+            return [ev.token async for ev in b.events()]
+        finally:
+            th.join()
+
+    for final_only in (False, True):
+        assert asyncio.run(run(final_only, 200, 0, 30)) == list(range(200)) + [None]
+        # 0.6 s of tokens 0.02 s apart under a 0.3 s timeout: never silent that long
+        assert asyncio.run(run(final_only, 30, 0.02, 0.3)) == list(range(30)) + [None]
+
+    async def silent():
+        b = EventBridge(asyncio.get_running_loop(), 0.2)
+        with pytest.raises(RequestTimeout):
+            await b.next()
+
+    asyncio.run(silent())

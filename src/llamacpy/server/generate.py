@@ -119,7 +119,7 @@ async def collect(state, request, jobs: list[Job]) -> list[R.Completion]:
     bridges = []
     try:
         for j in jobs:
-            bridges.append(submit(state, j, EventBridge(loop, state.config.timeout)))
+            bridges.append(submit(state, j, EventBridge(loop, state.config.timeout, final_only=True)))
         for b in bridges:
             await admitted(b)
     except APIError:
