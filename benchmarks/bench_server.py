@@ -119,7 +119,7 @@ async def ttft_under_long_prompt(url: str, n_long: int) -> tuple[float, float]:
 
 def run_server(srv: Server, args) -> dict:
     srv.wait_ready()
-    res = {"server": srv.name, "tokens_per_s": {}}
+    res = {"server": srv.name, "tokens_per_s": {}, "load_before": os.getloadavg()[0]}
     # untimed warm-up at the largest client count: first-use kernel compiles and weight repacks are start-up
     # costs (measured by benchmarks/cold_start.py), not serving speed
     asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))
@@ -128,6 +128,7 @@ def run_server(srv: Server, args) -> dict:
         print(f"  {srv.name}: {k} client(s): {res['tokens_per_s'][k]:.1f} t/s", file=sys.stderr, flush=True)
     alone, busy = asyncio.run(ttft_under_long_prompt(srv.url, args.long_prompt))
     res["ttft_alone_ms"], res["ttft_busy_ms"] = 1e3 * alone, 1e3 * busy
+    res["load_after"] = os.getloadavg()[0]  # 1-minute load average: a shared machine's other jobs show here
     print(f"  {srv.name}: TTFT alone {1e3 * alone:.0f} ms, beside a {args.long_prompt}-token prompt "
           f"{1e3 * busy:.0f} ms", file=sys.stderr, flush=True)
     return res
@@ -164,13 +165,13 @@ def main(argv=None) -> int:
         finally:
             ref.stop()
     print(f"| server | {' | '.join(f'{k} client(s) t/s' for k in args.clients)} | {max(args.clients)}/1 | "
-          f"TTFT alone ms | TTFT beside {args.long_prompt}-token prompt ms |")
-    print("|---" * (len(args.clients) + 4) + "|")
+          f"TTFT alone ms | TTFT beside {args.long_prompt}-token prompt ms | load before/after |")
+    print("|---" * (len(args.clients) + 5) + "|")
     for r in results:
         tps = r["tokens_per_s"]
         print(f"| {r['server']} | {' | '.join(f'{tps[k]:.1f}' for k in args.clients)} | "
               f"{tps[max(args.clients)] / tps[min(args.clients)]:.2f}x | {r['ttft_alone_ms']:.0f} | "
-              f"{r['ttft_busy_ms']:.0f} |")
+              f"{r['ttft_busy_ms']:.0f} | {r['load_before']:.1f} / {r['load_after']:.1f} |")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

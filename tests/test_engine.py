@@ -281,3 +281,98 @@ def test_a_failing_event_callback_cancels_only_its_request(model, tok):
         assert eng.metrics()["requests_processing"] == 0
     finally:
         eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def q8():
+    """A model whose matrices compute prompt rows independently of the call (the SIMD decode kernels)."""
+    m = LlamaModel.load(models_dir() / "tiny-llama-Q8_0.gguf", n_ctx=1024)
+    return m, load_tokenizer(m.gguf.metadata, m.path)
+
+
+def test_prompt_cut_at_block_multiples_gives_the_same_bits(q8, model):
+    """forward_batch of a 197-token prompt as one chunk, as chunks of PROMPT_BLOCK and of 2 blocks (tails of 5
+    and of 69 rows): the last token's logits are bit-identical -- what lets the engine cut prompts by load."""
+    from llamacpy.model import PROMPT_BLOCK
+
+    m, _ = q8
+    assert m.prompt_split_exact() and not model.prompt_split_exact()  # stories260K: F32 matrices (sgemm path)
+    toks = np.random.default_rng(1).integers(3, m.cfg.n_vocab, 197).tolist()
+    outs = []
+    for cuts in ([197], [PROMPT_BLOCK] * 3 + [5], [2 * PROMPT_BLOCK, 69]):
+        m.reset_cache(1, 256)
+        i = 0
+        for c in cuts:
+            logits = m.forward_batch(toks[i:i + c], range(i, i + c), [0] * c, "last")
+            i += c
+        outs.append(logits)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_long_prompt_in_busy_chunks_equals_it_alone(q8, monkeypatch):
+    """A 300-token prompt read in large chunks alone, and in PROMPT_BLOCK chunks beside a stream (that also
+    got tokens between its chunks): the same text and probabilities at temperature 0, bit for bit."""
+    import llamacpy.engine as engine_mod
+
+    m, tk = q8
+    monkeypatch.setattr(engine_mod, "STEP_TARGET_S", 1e9)  # alone: n_ubatch chunks whatever this machine's speed
+    rows = []
+    real = m.forward_batch
+    monkeypatch.setattr(m, "forward_batch", lambda t, *a, **k: rows.append(len(t)) or real(t, *a, **k))
+    rng = np.random.default_rng(2)
+    long_prompt = [tk.bos_id] + rng.integers(3, m.cfg.n_vocab, 299).tolist()
+
+    def req():
+        return CompletionRequest(list(long_prompt), n_predict=12, params=SamplingParams(temp=0), n_probs=2)
+
+    alone = Engine(m, tk, n_slots=1, n_ubatch=512, n_ctx_slot=512)
+    try:
+        assert alone.n_chunk_alone == 512 and alone.n_chunk_busy == 64
+        ref = _collect(alone.submit(req()))
+    finally:
+        alone.shutdown()
+    assert rows[:2] == [64, 236]  # the first chunk before any rate is measured, then the rest at once
+    rows.clear()
+    eng = Engine(m, tk, n_slots=2, n_ubatch=512, n_ctx_slot=512)
+    order = []
+    long_events = []
+    done = threading.Event()
+
+    def on_long(ev):
+        order.append("long")
+        long_events.append(ev)
+        if ev.finish_reason:
+            done.set()
+
+    try:
+        eng.submit(CompletionRequest([tk.bos_id, 300, 301], n_predict=40, params=SamplingParams(temp=0)),
+                   on_event=lambda ev: order.append("stream"))
+        while not order:
+            time.sleep(0.001)
+        n0 = len(order)
+        eng.submit(req(), on_event=on_long)
+        assert done.wait(120)
+    finally:
+        eng.shutdown()
+    text = "".join(e.text for e in long_events)
+    assert text == ref[0] and [e.probs for e in long_events[:-1]] == ref[1]
+    assert long_events[-1].timings["prompt_n"] == 300
+    first_long = order.index("long")
+    assert order[n0:first_long].count("stream") >= 4  # 300 tokens = 5 chunks of 64, the stream decoded beside
+    assert max(rows) <= 64 + 1
+
+
+def test_long_prompt_other_ubatch_same_text(model, tok):
+    """stories260K (sgemm prompt path: one chunk size a model): the same text at temperature 0 for a 200-token
+    prompt read in 512- and in 16-token chunks (other BLAS row counts round ~1e-5 relative: not bits)."""
+    prompt = tok.tokenize(" ".join(PROMPTS * 3).encode(), add_bos=True)[:200]
+    texts = []
+    for ub in (512, 16):
+        eng = Engine(model, tok, n_slots=1, n_ubatch=ub)
+        try:
+            assert eng.n_chunk_busy == eng.n_chunk_alone == ub
+            texts.append(_collect(eng.submit(CompletionRequest(list(prompt), n_predict=24,
+                                                               params=SamplingParams(temp=0))))[0])
+        finally:
+            eng.shutdown()
+    assert texts[0] == texts[1] and texts[0]

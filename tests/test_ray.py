@@ -185,6 +185,47 @@ def test_remote_engine_retries_only_before_anything_was_delivered():
     r = RemoteEngine(h, 100, 2, 64).submit(CompletionRequest(prompt_tokens=[1]), on_event=got.append)
     _wait(lambda: got, 10, "the refusal event", 0.05)
     assert got[-1].finish_reason == "error" and "busy" in got[-1].error and r.done
+    assert r.wait_admitted(10).code == 503  # what the server answers with (test below)
+
+
+def test_busy_replica_is_a_503_for_the_client():
+    """The server's own request path over a RemoteEngine whose replica refuses (its queue is full): the client
+    gets llama-server's 503 shape, plain and streamed, not a 500 or a 200 stream carrying an error."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from llamacpy.ray.remote_engine import RemoteEngine
+    from llamacpy.sampling import SamplingParams
+    from llamacpy.server import generate as G
+    from llamacpy.server.errors import APIError
+
+    refused = [{"refused": "busy", "message": "all 2 slots are busy and 4 requests are waiting"}]
+    accepted = [{"accepted": {"replica": "r1"}}, _events("ab")]
+    eng = RemoteEngine(_FakeHandle([refused, refused, accepted]), 100, 2, 64)
+    state = SimpleNamespace(shutting_down=False, n_ctx_slot=64, engine=eng,
+                            config=SimpleNamespace(context_shift=True, timeout=30))
+
+    def job():
+        return G.Job(prompt_tokens=[1, 2], n_predict=2, params=SamplingParams(temp=0), stop=[])
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def no_chunks(bridge, c):
+        yield b""
+
+    async def run():
+        for call in (lambda: G.collect(state, SimpleNamespace(receive=receive), [job()]),
+                     lambda: G.stream(state, job(), no_chunks)):
+            with pytest.raises(APIError) as e:
+                await call()
+            assert e.value.code == 503 and e.value.body()["error"]["type"] == "unavailable_error"
+            assert "busy" in e.value.message
+        (c,) = await G.collect(state, SimpleNamespace(receive=receive), [job()])  # accepted: runs as before
+        return c
+
+    c = asyncio.run(run())
+    assert c.text == "ab" and c.finish == "stop"
 
 
 def test_remote_engine_validates_like_the_engine():

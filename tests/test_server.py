@@ -27,11 +27,22 @@ ALIAS = "stories"
 @pytest.fixture(scope="module")
 def server():
     model = models_dir() / "stories260K.gguf"
-    srv = ServerProcess(model, "-np", str(N_SLOTS), "-c", str(N_CTX), "-a", ALIAS, "--metrics", "--embedding",
+    srv = ServerProcess(model, "-np", str(N_SLOTS), "-c", str(N_CTX), "-a", ALIAS, "--metrics",
                         "--no-context-shift", "-t", "1", api_key=KEY)
     try:
         srv.wait_ready()
         srv.warm_up()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def emb_server():
+    """With --embedding: embeddings only (llama-server b4748 refuses completions then)."""
+    srv = ServerProcess(models_dir() / "stories260K.gguf", "-np", "2", "-a", ALIAS, "--embedding", "-t", "1")
+    try:
+        srv.wait_ready()
         yield srv
     finally:
         srv.stop()
@@ -296,26 +307,42 @@ def test_metrics(server):
     assert after["llamacpp:requests_processing"] == 0
 
 
-def test_embeddings(server, client):
+def test_embeddings(emb_server, server):
+    client = openai.OpenAI(base_url=emb_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
     r = client.embeddings.create(model=ALIAS, input=["Once upon a time", "A cat"])
     assert [d.index for d in r.data] == [0, 1]
     for d in r.data:
         assert len(d.embedding) == 64
         assert math.isclose(sum(x * x for x in d.embedding), 1.0, rel_tol=1e-4)  # L2-normalised
     assert r.usage.prompt_tokens == len(tokenize(server, "Once upon a time")) + len(tokenize(server, "A cat"))
-    native = post(server, "/embedding", {"content": "Once upon a time"}).json()
+    native = post(emb_server, "/embedding", {"content": "Once upon a time"}).json()
     vec = native[0]["embedding"][0]
     norm = math.sqrt(sum(x * x for x in vec))
     # the same pooled vector; f32 rounding of the normalisation only
     assert all(abs(a / norm - b) < 1e-5 for a, b in zip(vec, r.data[0].embedding))
-    b64 = post(server, "/v1/embeddings", {"input": "A cat", "encoding_format": "base64"}).json()
+    b64 = post(emb_server, "/v1/embeddings", {"input": "A cat", "encoding_format": "base64"}).json()
     import base64
     import struct
 
     raw = base64.b64decode(b64["data"][0]["embedding"])
     assert all(abs(a - b) < 1e-6 for a, b in zip(struct.unpack(f"{len(raw) // 4}f", raw), r.data[1].embedding))
-    assert_error(post(server, "/v1/embeddings", {"input": 5}), 400)
-    assert_error(post(server, "/v1/embeddings", {"model": ALIAS}), 400)
+    assert_error(post(emb_server, "/v1/embeddings", {"input": 5}), 400)
+    assert_error(post(emb_server, "/v1/embeddings", {"model": ALIAS}), 400)
+    # without --embedding: 501, as llama-server
+    assert_error(post(server, "/v1/embeddings", {"input": "A cat"}), 501, "not_supported_error")
+
+
+def test_embedding_server_refuses_completions(emb_server):
+    """llama-server b4748 with --embedding: every completion route answers 501 not_supported_error."""
+    bodies = {"/completion": {"prompt": "A cat", "n_predict": 2}, "/v1/completions": {"prompt": "A cat"},
+              "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]}}
+    for path, body in bodies.items():
+        for stream in (False, True):
+            r = post(emb_server, path, dict(body, stream=stream))
+            assert_error(r, 501, "not_supported_error")
+            assert "does not support completions" in r.json()["error"]["message"]
+    assert post(emb_server, "/tokenize", {"content": "A cat"}).status_code == 200
+    assert_alive(emb_server)
 
 
 # -- bad input: right status and shape, server stays up -------------------------------------------------------
@@ -625,3 +652,39 @@ def test_post_sampling_probs_are_the_chains(server):
     entries = post_.json()["completion_probabilities"]
     assert [e["id"] for e in entries] == [e["id"] for e in raw]
     assert all(e["prob"] == 1.0 and e["top_probs"][0]["prob"] == 1.0 for e in entries)
+
+
+def test_event_bridge_buffers_wakes_and_times_out():
+    """EventBridge (no server): events from another thread arrive in order whatever the wake-ups coalesce;
+    final_only wakes at the end only but tokens still reset the -to clock; silence past it raises."""
+    import threading
+
+    from llamacpy.engine import TokenEvent
+    from llamacpy.server.stream import EventBridge, RequestTimeout
+
+    def feed(bridge, n, gap):
+        for i in range(n):
+            bridge.on_event(TokenEvent(i, str(i)))
+            time.sleep(gap)
+        bridge.on_event(TokenEvent(None, "", finish_reason="stop"))
+
+    async def run(final_only, n, gap, timeout):
+        b = EventBridge(asyncio.get_running_loop(), timeout, final_only=final_only)
+        th = threading.Thread(target=feed, args=(b, n, gap))
+        th.start()
+        try:
+            return [ev.token async for ev in b.events()]
+        finally:
+            th.join()
+
+    for final_only in (False, True):
+        assert asyncio.run(run(final_only, 200, 0, 30)) == list(range(200)) + [None]
+        # 0.6 s of tokens 0.02 s apart under a 0.3 s timeout: never silent that long
+        assert asyncio.run(run(final_only, 30, 0.02, 0.3)) == list(range(30)) + [None]
+
+    async def silent():
+        b = EventBridge(asyncio.get_running_loop(), 0.2)
+        with pytest.raises(RequestTimeout):
+            await b.next()
+
+    asyncio.run(silent())

@@ -17,11 +17,18 @@ slot whose cached tokens share the longest prefix with the prompt, if that prefi
 tokens after the common prefix are evaluated (at least the last prompt token, for its logits) -- when that prefix
 is more than half the prompt; a smaller overlap is evaluated again (see below).
 
-Exactness: a row's logits do not depend on what else is in the batch (model.forward_batch). A prompt chunk is
-always the next min(n_ubatch, left) tokens of its prompt, whatever the other slots do, so at temperature 0 a
-request returns what it returns alone from the same cache state. A prompt evaluated from scratch is therefore
-computed bit for bit as alone; one that reuses cached cells sees them as computed for an earlier request (other
-chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative). Reusing only prefixes of
+Prompt chunks: a prompt that is the only work goes in chunks of up to n_ubatch tokens (as many as a step of
+~STEP_TARGET_S takes at the measured rate); beside other requests (or with requests waiting) in chunks of
+n_chunk_busy (64), so a step stays short and a new request's first token is not held behind a long prompt; the
+prompt with the fewest tokens left goes first.
+
+Exactness: a row's logits do not depend on what else is in the batch (model.forward_batch). Chunk sizes are
+multiples of model.PROMPT_BLOCK, and the model computes a chunk's attention per PROMPT_BLOCK block; when its
+matrices compute prompt rows independently of the call (model.prompt_split_exact: the SIMD types), any such cuts
+give the same bits. Other models keep one chunk size (min(n_ubatch, left) whatever the other slots do). Either
+way at temperature 0 a request returns what it returns alone from the same cache state. A prompt evaluated from
+scratch is therefore computed bit for bit as alone; one that reuses cached cells sees them as computed for an
+earlier request (other chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative). Reusing only prefixes of
 more than half the prompt keeps independent requests (sharing BOS and a few words) exact, at a cost of at most
 the half they share.
 """
@@ -43,6 +50,9 @@ from .generation import StopMatcher
 from .sampling import Sampler, SamplingParams
 
 SLOT_PROMPT_SIMILARITY = 0.5  # llama-server's default --slot-prompt-similarity
+# A prompt alone is read in chunks of up to n_ubatch tokens, but no larger than a step of about this many seconds
+# at the measured rate: a request arriving meanwhile waits for one such step (then it shares small-chunk steps).
+STEP_TARGET_S = 1.0
 
 
 @dataclass
@@ -179,18 +189,30 @@ class Engine:
     (default: the model's n_ctx split evenly, as llama-server's -c / -np). The engine thread starts here."""
 
     def __init__(self, model, tokenizer, n_slots: int = 1, n_batch: int = 2048, queue_size: int = 64,
-                 n_ctx_slot: int | None = None, n_ubatch: int = 512, n_aux_seq: int = 0):
+                 n_ctx_slot: int | None = None, n_ubatch: int = 512, n_aux_seq: int = 0, n_chunk_busy: int = 64):
         if n_slots < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots}")
         self.model = model
         self.tokenizer = tokenizer
         self.n_slots = int(n_slots)
         self.n_batch = max(1, int(n_batch))
-        self.n_ubatch = max(1, min(self.n_batch, int(n_ubatch)))  # prompt chunk per step
+        self.n_ubatch = max(1, min(self.n_batch, int(n_ubatch)))  # largest prompt chunk per step
+        # prompt chunks: n_chunk_alone tokens when a prompt is the only work, n_chunk_busy beside other requests;
+        # both multiples of the model's PROMPT_BLOCK, so the cuts do not change a bit (model.prompt_split_exact).
+        # Models whose matrices round a row by the call's size keep one chunk size (exact as before).
+        from .model import PROMPT_BLOCK as block
+
+        split_exact = getattr(model, "prompt_split_exact", None)
+        if self.n_ubatch > block and split_exact is not None and split_exact():
+            self.n_chunk_alone = self.n_ubatch // block * block
+            self.n_chunk_busy = min(self.n_chunk_alone, max(block, int(n_chunk_busy) // block * block))
+        else:
+            self.n_chunk_alone = self.n_chunk_busy = self.n_ubatch
         self.queue_size = max(0, int(queue_size))
         self.n_ctx_slot = int(n_ctx_slot or model.n_ctx // self.n_slots)
         if self.n_ctx_slot < 4:
             raise ContextError(f"context per slot {self.n_ctx_slot} is too small ({model.n_ctx} over {n_slots} slots)")
+        self._s_per_row: float | None = None  # measured seconds per row of prompt steps (_chunk_alone)
         self.n_vocab = tokenizer.n_vocab
         self.embd_seq = self.n_slots  # the sequence embeddings are computed in
         # sequences after it are left to callers of run() (aux_seq(i)): Llama's low-level eval/generate
@@ -470,11 +492,18 @@ class Engine:
             seqs.append(sl.id)
             who.append((sl, "gen", 1))
         budget = max(self.n_batch - len(toks), self.n_ubatch if not toks else 0)
-        prompting = sorted((sl for sl in self._slots if sl.state == "prompt"), key=lambda s: s.handle.id_task)
+        # the prompt with the fewest tokens left first: a short request beside a long prompt is read at once
+        prompting = sorted((sl for sl in self._slots if sl.state == "prompt"),
+                           key=lambda s: (len(s.pending), s.handle.id_task))
+        with self._cv:
+            waiting = bool(self._waiting)
+        # beside other requests (or with some waiting), prompts go in small chunks so that no step is long
+        alone = len(prompting) == 1 and not toks and not waiting
+        n_chunk = self._chunk_alone() if alone else self.n_chunk_busy
         for sl in prompting:
-            chunk = sl.pending[:self.n_ubatch]
+            chunk = sl.pending[:n_chunk]
             if len(chunk) > budget:
-                break
+                continue
             budget -= len(chunk)
             toks += chunk
             pos += range(len(sl.cache), len(sl.cache) + len(chunk))
@@ -485,6 +514,9 @@ class Engine:
         t0 = time.perf_counter()
         logits = self.model.forward_batch(toks, pos, seqs, "last")  # (len(who), n_vocab)
         dt = time.perf_counter() - t0
+        if len(toks) > 8:  # seconds per row of prompt-sized steps (decode-only steps cost more per row)
+            r = dt / len(toks)
+            self._s_per_row = r if self._s_per_row is None else 0.7 * self._s_per_row + 0.3 * r
         n_gen = sum(1 for _, kind, _ in who if kind == "gen")
         n_prompt_rows = len(toks) - n_gen
         with self._cv:
@@ -511,6 +543,14 @@ class Engine:
                     self._finish(sl, "length")
                     continue
             self._sample(sl, logits[gi])
+
+    def _chunk_alone(self) -> int:
+        """Chunk of a prompt that is the only work: up to n_chunk_alone tokens, but no more than a step of about
+        STEP_TARGET_S takes at the measured rate (a request that comes meanwhile waits for that step)."""
+        if self.n_chunk_busy == self.n_chunk_alone or self._s_per_row is None:
+            return self.n_chunk_busy
+        n = int(STEP_TARGET_S / self._s_per_row) // self.n_chunk_busy * self.n_chunk_busy
+        return max(self.n_chunk_busy, min(self.n_chunk_alone, n))
 
     def _shift(self, sl: _Slot) -> None:
         """Context shift of one slot (llama-server): keep n_keep cells, drop half of the rest."""

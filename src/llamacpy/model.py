@@ -24,6 +24,12 @@ from .kernels import ops
 from .kernels.batch import apply as apply_calls, plan_calls, rows_independent
 from .kernels.linear import DECODE_MAX
 
+# A prompt chunk's attention is computed in blocks of this many rows (each block over the cells up to its end,
+# as a chunk of those rows alone). With matrices that compute prompt rows independently of the call
+# (`prompt_split_exact`), a prompt cut into chunks at any multiples of PROMPT_BLOCK gives the same bits: the
+# server's engine takes small chunks beside other requests and large ones alone, exactly.
+PROMPT_BLOCK = 64
+
 
 class KVCache:
     """Keys and values of n_seq sequences of up to n_ctx cells each, as f16 bits (llama.cpp's default F16 cache),
@@ -243,6 +249,18 @@ class LlamaModel:
         except ModelError as e:
             raise ModelError(f"{self.path}: {e}") from None
 
+    def prompt_split_exact(self) -> bool:
+        """Whether every layer matrix computes a prompt row independently of how many rows its call has (the
+        decode kernels DECODE_MAX rows a call: kernels/linear.py prompt_by_decode), so that a prompt cut at
+        other multiples of PROMPT_BLOCK computes the same bits. False for the f32-tile + sgemm prompt path."""
+        def by_rows(lin) -> bool:
+            parts = getattr(lin, "parts", None)  # a fused matrix: its packed decode kernels or each part
+            if parts is not None:
+                return all(by_rows(p) for p in parts)
+            return bool(getattr(lin, "prompt_by_decode", False))
+
+        return all(by_rows(m) for L in self.layers for m in (L.wqkv, L.wo, L.w_gate_up, L.w_down))
+
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, tokens, positions=None, seq_id: int = 0, all_logits: bool = False) -> np.ndarray:
         """Evaluate a batch of tokens of one sequence, appended at its next cache cells.
@@ -345,7 +363,14 @@ class LlamaModel:
                 if b - a > DECODE_MAX:  # a prompt chunk: as `forward` of it alone (BLAS from ATTN_BLAS_MIN_TOKENS)
                     start = kv.n_used[s]
                     kf, vf = kv.gather(il, s, start + b - a)
-                    ops.attention(q[a:b], kf, vf, start, cfg.n_head, scale, attn[a:b])
+                    # in blocks of PROMPT_BLOCK rows, each as the chunk of those rows alone would compute it
+                    for c in range(a, b, PROMPT_BLOCK):
+                        e = min(b, c + PROMPT_BLOCK)
+                        if e - c <= DECODE_MAX:  # a short tail: as a small group (attention_paged is per row)
+                            ops.attention_paged(q[c:e], k_pool, v_pool, kv.table, seqs_p[c:e], rows[c:e],
+                                                cfg.n_head, scale, attn[c:e])
+                        else:
+                            ops.attention(q[c:e], kf, vf, start + c - a, cfg.n_head, scale, attn[c:e])
             ops.add_inplace(x, mm(L.wo, attn))
             ops.rms_norm(x, L.ffn_norm, cfg.rms_eps, h)
             gate, up = L.w_gate_up.split(mm(L.w_gate_up, h))  # (n, n_ff) each

@@ -152,6 +152,15 @@ class RemoteRequest:
         self.replica: str | None = None
         self._gen = None
         self._lock = threading.Lock()
+        self._decided = threading.Event()  # a replica accepted the request, or it was refused / failed first
+        self.refusal: Exception | None = None  # the APIError (503 busy, 400 invalid) when refused
+
+    def wait_admitted(self, timeout: float | None = None):
+        """Block until a replica accepted or refused the request: the refusal (an APIError: 503 when every queue
+        is full, 400 for a request the replica's engine rejects) or None. The server awaits this before it answers,
+        so a refusal gets its own status, not a 500 or a 200 stream with an error in it."""
+        self._decided.wait(timeout)
+        return self.refusal
 
     def cancel(self) -> None:
         with self._lock:
@@ -181,11 +190,18 @@ class RemoteRequest:
                     it.close()
                     return
         except Exception as e:
+            from ..server.errors import APIError
+
+            if isinstance(e, APIError) and not self._decided.is_set():
+                self.refusal = e  # refused before a replica took it: the server answers e's status
+            self._decided.set()
             msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             try:
                 on_event(self._final("error", msg))
             except Exception:
                 pass
+        finally:
+            self._decided.set()
 
     def __iter__(self):
         from ..engine import QueueFull
@@ -213,6 +229,7 @@ class RemoteRequest:
                             raise invalid(item["message"])
                         rid = self.replica = item["accepted"]["replica"]
                         eng._store(item["accepted"])
+                        self._decided.set()
                         continue
                     for ev in item:
                         delivered = True

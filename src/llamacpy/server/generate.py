@@ -66,6 +66,18 @@ def submit(state, job: Job, bridge: EventBridge):
     return bridge
 
 
+async def admitted(bridge) -> None:
+    """Wait until the request was accepted where it runs; its refusal is raised as its APIError. Engine.submit
+    decides at once (QueueFull is raised there); the Ray ingress's RemoteEngine hears it from a replica."""
+    wait = getattr(bridge.handle, "wait_admitted", None)
+    if wait is None:
+        return
+    err = await asyncio.to_thread(wait, bridge.timeout)  # undecided by then: the events' timeout applies
+    if err is not None:
+        bridge.cancel()
+        raise err
+
+
 def absorb(state, c: R.Completion, ev, n_probs: int) -> R.TokenProbs | None:
     """Add one TokenEvent to the completion; returns its probabilities (when asked for)."""
     tp = None
@@ -107,7 +119,9 @@ async def collect(state, request, jobs: list[Job]) -> list[R.Completion]:
     bridges = []
     try:
         for j in jobs:
-            bridges.append(submit(state, j, EventBridge(loop, state.config.timeout)))
+            bridges.append(submit(state, j, EventBridge(loop, state.config.timeout, final_only=True)))
+        for b in bridges:
+            await admitted(b)
     except APIError:
         for b in bridges:
             b.cancel()
@@ -178,9 +192,11 @@ class SSEResponse(Response):
             await self.gen.aclose()
 
 
-def stream(state, job: Job, chunks) -> SSEResponse:
-    """Submit one job and stream it: `chunks(bridge, completion)` is an async generator of SSE bytes."""
+async def stream(state, job: Job, chunks) -> SSEResponse:
+    """Submit one job and stream it: `chunks(bridge, completion)` is an async generator of SSE bytes. A refusal
+    (busy: 503) is the response's status, before any event."""
     bridge = submit(state, job, EventBridge(asyncio.get_running_loop(), state.config.timeout))
+    await admitted(bridge)
     c = R.Completion(prompt_tokens=job.prompt_tokens, post_sampling=job.post_sampling_probs)
     return SSEResponse(_guard(state, chunks(bridge, c)), bridge.cancel)
 

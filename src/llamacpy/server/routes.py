@@ -84,9 +84,15 @@ def build_router(state) -> APIRouter:
     def detok(tokens) -> str:
         return state.tokenizer.detokenize(list(tokens), unparse_special=True).decode("utf-8", errors="replace")
 
+    def refuse_if_embedding() -> None:
+        if cfg.embedding:  # llama-server b4748: --embedding servers answer completions with 501
+            raise APIError("This server does not support completions. Start it without `--embeddings`",
+                           "not_supported")
+
     # -- llama.cpp's /completion ------------------------------------------------------------------------------
     async def completion(request: Request):
         body = await body_of(request)
+        refuse_if_embedding()
         stream = P.field(body, "stream", "bool", False)
         return_tokens = P.field(body, "return_tokens", "bool", False)
         fields = P.field(body, "response_fields", "str_list")
@@ -97,7 +103,7 @@ def build_router(state) -> APIRouter:
                 raise invalid("streaming takes one prompt at a time")
             job = jobs[0]
             settings, text = settings_of(job, True), detok(job.prompt_tokens)
-            return G.stream(state, job, lambda b, c: G.native_chunks(state, b, c, job, 0, settings, text,
+            return await G.stream(state, job, lambda b, c: G.native_chunks(state, b, c, job, 0, settings, text,
                                                                      return_tokens, fields))
         comps = await G.collect(state, request, jobs)
         out = [R.native_final(c, i, False, cfg.model_name, settings_of(j, False), detok(j.prompt_tokens),
@@ -110,6 +116,7 @@ def build_router(state) -> APIRouter:
     # -- OpenAI /v1/completions -------------------------------------------------------------------------------
     async def oai_completions(request: Request):
         body = await body_of(request)
+        refuse_if_embedding()
         P.check_oai_fields(body, P.OAI_COMPLETION_FIELDS)
         n_probs = P.oai_completion_n_probs(body)
         if "n_probs" in body:
@@ -123,7 +130,7 @@ def build_router(state) -> APIRouter:
             if len(jobs) != 1:
                 raise invalid("streaming takes one prompt at a time")
             job = jobs[0]
-            return G.stream(state, job, lambda b, c: G.oai_completion_chunks(state, b, c, job, cid, model,
+            return await G.stream(state, job, lambda b, c: G.oai_completion_chunks(state, b, c, job, cid, model,
                                                                              P.include_usage(body)))
         comps = await G.collect(state, request, jobs)
         return json_response(R.oai_completion(comps, cid, model, n_probs > 0))
@@ -145,6 +152,7 @@ def build_router(state) -> APIRouter:
         return tok.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     async def chat_completions(request: Request):
+        refuse_if_embedding()  # before the body is read, as llama-server's chat handler
         body = await body_of(request)
         P.check_oai_fields(body, P.OAI_CHAT_FIELDS)
         n_probs = P.oai_chat_n_probs(body)
@@ -158,7 +166,7 @@ def build_router(state) -> APIRouter:
         job.stop += [s for s in state.template.stop_strings if s not in job.stop]
         cid = R.completion_id("chatcmpl-")
         if stream:
-            return G.stream(state, job, lambda b, c: G.chat_chunks(state, b, c, job, cid, model,
+            return await G.stream(state, job, lambda b, c: G.chat_chunks(state, b, c, job, cid, model,
                                                                    P.include_usage(body)))
         (c,) = await G.collect(state, request, [job])
         return json_response(R.chat_completion(c, cid, model, n_probs > 0))
