@@ -372,6 +372,7 @@ _vload_hi4 = intrinsic(_lane_loader(4, False))
 _vload_s8_i32 = intrinsic(_lane_loader(0, True))
 
 
+@nb.njit(cache=True)
 def _lane(W, L):
     """Lane L of a row's lanes (vector L // (W/4), lane L % (W/4)) -> (super-block, sub-block) it holds."""
     G, n = W // 16, W // 4
@@ -408,9 +409,6 @@ def _regroup_q23(qs, hm, W, qv, hv, sc_in, sc_out):
                 qv[r, vi * W + p] = byte
                 if q3:
                     hv[r, ((vi // 4) * 2 + (vi % 4) // 2) * W + p] |= np.uint8(nib << np.uint8(4 * (vi % 2)))
-
-
-_lane = nb.njit(cache=True)(_lane)
 
 
 def _q3_scales(s: np.ndarray) -> np.ndarray:
