@@ -28,9 +28,9 @@ matrices compute prompt rows independently of the call (model.prompt_split_exact
 give the same bits. Other models keep one chunk size (min(n_ubatch, left) whatever the other slots do). Either
 way at temperature 0 a request returns what it returns alone from the same cache state. A prompt evaluated from
 scratch is therefore computed bit for bit as alone; one that reuses cached cells sees them as computed for an
-earlier request (other chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative). Reusing only prefixes of
-more than half the prompt keeps independent requests (sharing BOS and a few words) exact, at a cost of at most
-the half they share.
+earlier request (other chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative).
+Reusing only prefixes of more than half the prompt keeps independent requests (sharing BOS and a few words)
+exact, at a cost of at most the half they share.
 """
 
 from __future__ import annotations
