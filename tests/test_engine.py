@@ -376,3 +376,32 @@ def test_long_prompt_other_ubatch_same_text(model, tok):
         finally:
             eng.shutdown()
     assert texts[0] == texts[1] and texts[0]
+
+
+def test_short_request_gets_a_step_of_its_own_beside_a_long_prompt(q8, monkeypatch):
+    """A 3-token request that comes while a 300-token prompt is read: its prompt is the next step alone (its
+    first token after a short step), then the long prompt's 64-token chunks go on beside its generation."""
+    m, tk = q8
+    rows = []
+    entered, go = threading.Event(), threading.Event()
+    real = m.forward_batch
+
+    def fb(t, *a, **k):
+        rows.append(len(t))
+        entered.set()
+        go.wait(30)
+        return real(t, *a, **k)
+
+    monkeypatch.setattr(m, "forward_batch", fb)
+    eng = Engine(m, tk, n_slots=2, n_ubatch=512, n_ctx_slot=512)
+    try:
+        long_prompt = [tk.bos_id] + np.random.default_rng(3).integers(3, m.cfg.n_vocab, 299).tolist()
+        h_long = eng.submit(CompletionRequest(long_prompt, n_predict=2, params=SamplingParams(temp=0)))
+        assert entered.wait(30)  # the long prompt's first chunk is in the model
+        h_short = eng.submit(CompletionRequest([tk.bos_id, 300, 301], n_predict=4, params=SamplingParams(temp=0)))
+        go.set()
+        _collect(h_short), _collect(h_long)
+    finally:
+        go.set()
+        eng.shutdown()
+    assert rows[:3] == [64, 3, 64 + 1]  # first chunk; the short prompt alone; the next chunk + its first token

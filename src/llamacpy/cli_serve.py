@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_alias("--no-slots"), dest="slots", action="store_false", help="disable /slots")
     p.add_argument("--props", action="store_true", help="allow changing global properties via POST /props")
     p.add_argument(*_alias("--embedding", "--embeddings"), dest="embedding", action="store_true",
-                   help="enable /embedding and /v1/embeddings")
+                   help="embeddings only: /embedding and /v1/embeddings; completions answer 501 (llama-server)")
     p.add_argument(*_alias("-to", "--timeout"), dest="timeout", type=float, default=600,
                    help="seconds a request may wait for its next token before it is cancelled (default 600)")
     p.add_argument(*_alias("--threads-http"), dest="threads_http", type=int, default=-1,

@@ -19,8 +19,8 @@ is more than half the prompt; a smaller overlap is evaluated again (see below).
 
 Prompt chunks: a prompt that is the only work goes in chunks of up to n_ubatch tokens (as many as a step of
 ~STEP_TARGET_S takes at the measured rate); beside other requests (or with requests waiting) in chunks of
-n_chunk_busy (64), so a step stays short and a new request's first token is not held behind a long prompt; the
-prompt with the fewest tokens left goes first.
+n_chunk_busy (64), so a step stays short and a new request's first token is not held behind a long prompt; a
+prompt that fits one chunk gets a step without the longer prompts' chunks (each held back one step at most).
 
 Exactness: a row's logits do not depend on what else is in the batch (model.forward_batch). Chunk sizes are
 multiples of model.PROMPT_BLOCK, and the model computes a chunk's attention per PROMPT_BLOCK block; when its
@@ -28,9 +28,9 @@ matrices compute prompt rows independently of the call (model.prompt_split_exact
 give the same bits. Other models keep one chunk size (min(n_ubatch, left) whatever the other slots do). Either
 way at temperature 0 a request returns what it returns alone from the same cache state. A prompt evaluated from
 scratch is therefore computed bit for bit as alone; one that reuses cached cells sees them as computed for an
-earlier request (other chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative). Reusing only prefixes of
-more than half the prompt keeps independent requests (sharing BOS and a few words) exact, at a cost of at most
-the half they share.
+earlier request (other chunk boundaries: BLAS rounds a row differently for other row counts, ~1e-5 relative).
+Reusing only prefixes of more than half the prompt keeps independent requests (sharing BOS and a few words)
+exact, at a cost of at most the half they share.
 """
 
 from __future__ import annotations
@@ -452,6 +452,7 @@ class Engine:
         self._truncate(sl, n_reuse)
         sl.n_cached = n_reuse
         sl.pending = prompt[n_reuse:]
+        sl.deferred = False  # held back a step for a short prompt (_step)
         # with the vocabulary: grammars, DRY's sequence breakers and --ignore-eos need it (sampling.Sampler)
         sl.sampler = Sampler(req.params, self.n_vocab, vocab=self.tokenizer, n_ctx=self.n_ctx_slot,
                              n_ctx_train=self.model.cfg.n_ctx_train)
@@ -500,7 +501,14 @@ class Engine:
         # beside other requests (or with some waiting), prompts go in small chunks so that no step is long
         alone = len(prompting) == 1 and not toks and not waiting
         n_chunk = self._chunk_alone() if alone else self.n_chunk_busy
+        # a prompt that fits one chunk (a new short request) gets a step without the long prompts' chunks, so
+        # its first token comes after a short step; a long prompt is held back one step at most
+        short = any(len(sl.pending) <= n_chunk for sl in prompting)
         for sl in prompting:
+            if short and len(sl.pending) > n_chunk and not sl.deferred:
+                sl.deferred = True
+                continue
+            sl.deferred = False
             chunk = sl.pending[:n_chunk]
             if len(chunk) > budget:
                 continue
