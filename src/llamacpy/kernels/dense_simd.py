@@ -26,10 +26,16 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from .common import PJIT, bits_to_f32, f16_bits_to_f32
+from .common import bits_to_f32, f16_bits_to_f32
 from .simd import F32, I16, I32, WIDTH, Vec, _c_array, _call, _is_f32, _level, _ptr, _vt, vhsum, vload_f32, width
 
 ACC = 4  # accumulator vectors per token (GGML_F16_ARR)
+# No fastmath here: numba's fast-math pass puts `fast` flags on every float instruction, the reduction's adds
+# included, and LLVM may then re-associate them by the order values are defined in each loop -- so two loops
+# summing the same four accumulators could differ in the last bit (seen in a tiled multi-token variant, not
+# kept: it was slower). Every float operation below is explicit; nothing is left for LLVM to vectorise.
+_JIT = dict(cache=True, nogil=True)
+_PJIT = dict(_JIT, parallel=True)
 
 
 @intrinsic
@@ -108,13 +114,13 @@ def _scalar_impl(w, i):
     return lambda w, i: f16_bits_to_f32(w[i])
 
 
-@nb.njit(inline="always", cache=True, nogil=True)
+@nb.njit(inline="always", **_JIT)
 def _reduce(a0, a1, a2, a3):
     """The accumulators summed in a fixed order: (a0 + a2) + (a1 + a3), then the lanes pairwise."""
     return vhsum(vadd_exact(vadd_exact(a0, a2), vadd_exact(a1, a3)))
 
 
-@nb.njit(inline="always", cache=True, nogil=True)
+@nb.njit(inline="always", **_JIT)
 def _dot1(isa, wr, xa, nfull, nvec, n_in):
     """One row (wr, 1-D) . one token (xa, 1-D): the single-token update order (see the module doc)."""
     L = width(isa) // 4
@@ -138,7 +144,7 @@ def _dot1(isa, wr, xa, nfull, nvec, n_in):
     return sa
 
 
-@nb.njit(**PJIT)
+@nb.njit(**_PJIT)
 def mv_half(isa, w, x, y):
     """y (n_tok, n_out) = x (n_tok, n_in) f32 (already rounded to the weight type) @ w.T, w (n_out, n_in) uint16
     (F16) or int16 (BF16 bits)."""
