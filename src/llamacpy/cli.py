@@ -27,8 +27,8 @@ COMMANDS = {
 }
 
 # commands whose process runs only llamacpy's jitted code: numba's registries load without scipy.linalg and cffi
-# (lean_numba.py)
-LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize"}
+# (lean_numba.py; both stay importable for everything else, e.g. the server's own dependencies)
+LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize", "serve"}
 # commands that start no threads or child processes of their own and write only stdout/stderr: run as the
 # program (argv None), they end with os._exit after flushing and running the atexit handlers, skipping the
 # interpreter's teardown of numba/LLVM state (~0.2 s of CPU and more of wall time at the end of every run,
