@@ -126,7 +126,7 @@ def cpu_time_rows(path: Path, exe: Path, n_pp: int) -> list[tuple]:
         res[name] = (tg, pp)
         print(f"{name}: tg {1000 * tg:.0f} ms CPU/token, pp{n_pp} {pp:.2f} s CPU (load {load()})", flush=True)
     (ot, op), (rt, rp) = res["llamacpy"], res["llama.cpp"]
-    return [(f"tg CPU ms/token, 1 thread", f"{1000 * ot:.0f}", f"{1000 * rt:.0f}", f"{ot / rt:.2f}", "<= 1.1"),
+    return [("tg CPU ms/token, 1 thread", f"{1000 * ot:.0f}", f"{1000 * rt:.0f}", f"{ot / rt:.2f}", "<= 1.1"),
             (f"pp{n_pp} t/s per CPU-second, 1 thread", f"{n_pp / op:.2f}", f"{n_pp / rp:.2f}", f"{rp / op:.2f}",
              ">= 0.8")]
 

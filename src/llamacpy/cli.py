@@ -1,7 +1,9 @@
 """Command-line entry point: `llamacpy <command> ...` (one verb per command, llama.cpp's flag spellings).
 
 Owns: dispatching to the command modules and turning `LlamacpyError` into one clear line on stderr with a
-non-zero exit. Each command lives in its own module exposing `main(argv: list[str]) -> int`.
+non-zero exit. Each command lives in its own module exposing `main(argv: list[str]) -> int`. Start-up and exit
+costs of the kernel commands: numba's registries loaded lean before the command (lean_numba.py), and, when this
+is the program itself, os._exit at the end (FAST_EXIT).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ COMMANDS = {
     "convert": ("llamacpy.convert", "convert Meta/HF/llama2.c checkpoints to GGUF"),
 }
 
-# commands whose process runs only llamacpy's jitted code: numba's registries load without scipy/cffi (lean_numba)
-LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize"}
+# commands whose process runs only llamacpy's jitted code: numba's registries load without scipy.linalg and cffi
+# (lean_numba.py; both stay importable for everything else, e.g. the server's own dependencies)
+LEAN_NUMBA = {"run", "chat", "bench", "perplexity", "quantize", "serve"}
 # commands that start no threads or child processes of their own and write only stdout/stderr: run as the
 # program (argv None), they end with os._exit after flushing and running the atexit handlers, skipping the
 # interpreter's teardown of numba/LLVM state (~0.2 s of CPU and more of wall time at the end of every run,
