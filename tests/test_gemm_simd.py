@@ -93,6 +93,9 @@ def test_linear_prompt_rows_independent_of_batch(typ):
     one = np.concatenate([lin(x[i:i + 1]) for i in range(17)])
     np.testing.assert_array_equal(y, one)
     np.testing.assert_array_equal(lin(x[:13]), y[:13])
+    strided = np.full((17, 2 * 45), np.nan, np.float32)[:, ::2]  # a caller's non-contiguous out= view
+    assert lin(x, out=strided) is strided
+    np.testing.assert_array_equal(strided, y)
     f = fuse_linears(parts)
     yf = f(x)
     np.testing.assert_array_equal(yf, np.concatenate([f(x[i:i + 1]) for i in range(17)]))

@@ -10,7 +10,7 @@ f32 accumulators live in registers: per group of width/4 blocks (chunks; Q6_K: p
 vector is loaded (and nibble-split) once and dotted with the TT tokens' activation vectors, each activation
 vector once for the RT rows. The micro-kernel is one numba intrinsic whose loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the integer dot steps are
 simd.py's (`ir_dot_u8s8`, `ir_dot_s8s8b`). Parallel over row tiles (prange), tokens in tiles inside, in blocks
-of TOKEN_BLOCK tokens so the activations being reused stay in L2. Remainders: a partial tile reads its last
+of BLOCK_BYTES of activations so the activations being reused stay in L2. Remainders: a partial tile reads its last
 valid row / token again for the missing ones and stores only the valid results.
 Bit-exact with the decode kernels, for every (row, token): the integer sums are exact (the same dot steps on
 the same bytes; int32 addition in any order gives the same sum), and the f32 part is the decode kernel's op for
@@ -28,7 +28,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .common import PJIT, Q4_0, Q4_K, Q6_K, Q8_0
+from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
 from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -40,7 +40,12 @@ TILE = {"avx512vnni": (4, 3), "avxvnni": (4, 3), "avx2": (4, 3), "neon": (4, 4),
 # Q4_K keeps two int32 sums per (row, token), Q6_K one plus per-step products: their own tiles
 TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon": (3, 3), "generic": (2, 2)},
           Q6_K: {"avx512vnni": (3, 3), "avxvnni": (3, 3), "avx2": (3, 3), "neon": (4, 3), "generic": (2, 2)}}
-TOKEN_BLOCK = 64  # tokens per outer block (their activations are re-read from cache for every row tile)
+# activation bytes per outer token block (whole tiles, at least one): those tokens' activations are re-read from
+# cache for every row tile, so they should stay in L2. Measured as fixed token counts on Q4_0/Q8_0 5632x2048 x 512
+# tokens (2 / 4 KiB a token), one thread: 32 -> 225/228 GOP/s, 64 -> 257/270, 128 -> 274/292, 256 -> 275/300; as
+# bytes on that shape and on 2048x5632 (ffn_down): 128 KiB 256/261 and 267/249, 384 KiB 271/284 and 264/242,
+# 768 KiB 266/302 and 269/267
+BLOCK_BYTES = 768 << 10
 
 
 def _vt(e, n):
@@ -342,14 +347,21 @@ def tile_shape(typingctx, isa, typ):
     return types.UniTuple(types.int64, 2)(isa, typ), cg
 
 
+@nb.njit(**JIT)
+def _token_block(xbytes, TT):
+    """Tokens per outer block: BLOCK_BYTES of activations (xbytes a token), whole tiles, at least one tile."""
+    return max(TT, BLOCK_BYTES // max(xbytes, 1) // TT * TT)
+
+
 @nb.njit(**PJIT)
 def gemm_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
     """y (n_tok, n_out) = W @ x; the arguments of legacy_simd.mv_q4_0."""
     n_tok, n_out = y.shape
     RT, TT = tile_shape(isa, 2)
     nrt = (n_out + RT - 1) // RT
-    for tb in range(0, n_tok, TOKEN_BLOCK):
-        te = min(n_tok, tb + TOKEN_BLOCK)
+    TB = _token_block(2 * xlo.shape[1], TT)
+    for tb in range(0, n_tok, TB):
+        te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
                 _tile_q4_0(isa, qs, d, xlo, xhi, xd, xo, y, rt * RT, t0, te)
@@ -361,8 +373,9 @@ def gemm_q8_0(isa, qs, d, xq, xd, xo, y):
     n_tok, n_out = y.shape
     RT, TT = tile_shape(isa, 8)
     nrt = (n_out + RT - 1) // RT
-    for tb in range(0, n_tok, TOKEN_BLOCK):
-        te = min(n_tok, tb + TOKEN_BLOCK)
+    TB = _token_block(xq.shape[1], TT)
+    for tb in range(0, n_tok, TB):
+        te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
                 _tile_q8_0(isa, qs, d, xq, xd, xo, y, rt * RT, t0, te)
@@ -374,8 +387,9 @@ def gemm_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
     n_tok, n_out = y.shape
     RT, TT = tile_shape(isa, 12)
     nrt = (n_out + RT - 1) // RT
-    for tb in range(0, n_tok, TOKEN_BLOCK):
-        te = min(n_tok, tb + TOKEN_BLOCK)
+    TB = _token_block(2 * xa.shape[1], TT)
+    for tb in range(0, n_tok, TB):
+        te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
                 _tile_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, rt * RT, t0, te)
@@ -387,8 +401,9 @@ def gemm_q6_k(isa, qv, sc, d, xq, xo, xd, y):
     n_tok, n_out = y.shape
     RT, TT = tile_shape(isa, 14)
     nrt = (n_out + RT - 1) // RT
-    for tb in range(0, n_tok, TOKEN_BLOCK):
-        te = min(n_tok, tb + TOKEN_BLOCK)
+    TB = _token_block(xq.shape[1], TT)
+    for tb in range(0, n_tok, TB):
+        te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
                 _tile_q6_k(isa, qv, sc, d, xq, xo, xd, y, rt * RT, t0, te)

@@ -224,7 +224,10 @@ def _prompt_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
         for a in range(0, x.shape[0], DECODE_MAX):  # (<= DECODE_MAX, n_in) slices of the prompt
             _decode_packed(ggml_type, packed, x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
         return
-    gemm(simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+    y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
+    gemm(simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), y)
+    if y is not out:
+        out[...] = y
 
 
 def build_packed(ggml_type: int, raw: np.ndarray, n_out: int, n_in: int, R: int) -> tuple:
