@@ -338,3 +338,47 @@ def test_q6_k_big_row_groups():
     assert lin.packed[0].shape[-1] == 1024 or not generic
     ref = rounded(T.Q6_K, x[:1]).astype(np.float64) @ w.T.astype(np.float64)
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_release_thread_pool_frees_this_threads_openmp_workers():
+    """linear.release_thread_pool frees the calling thread's OpenMP pool (the engine calls it before its thread
+    becomes the only OpenMP master; see its docstring for the measured cost of a second pool)."""
+    import os
+    import threading
+    import time
+
+    import numba as nb
+
+    from llamacpy.kernels import linear
+
+    def parallel_call():
+        a = np.ones((64, 256), np.float32)
+        linear.LinearF32(0, a, (64, 256), "w")(np.ones((2, 256), np.float32))  # dense.mv_f32: a parallel call
+
+    parallel_call()  # initialises numba's threading layer
+    if not os.path.isdir("/proc/self/task") or nb.threading_layer() != "omp" or nb.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs Linux, numba's OpenMP layer and >= 2 threads")
+
+    def pool_threads_after_kernel(release: bool) -> int:
+        seen = []
+
+        def body():
+            linear.set_num_threads(2)
+            parallel_call()
+            before = len(os.listdir("/proc/self/task"))
+            freed = linear.release_thread_pool() if release else False
+            for _ in range(100):  # the freed workers exit on their own: allow them up to a second
+                if len(os.listdir("/proc/self/task")) < before:
+                    break
+                time.sleep(0.01)
+            seen.append((before, len(os.listdir("/proc/self/task")), freed))
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        return seen[0]
+
+    before, after, freed = pool_threads_after_kernel(release=True)
+    assert freed and after < before, (before, after, freed)
+    before, after, freed = pool_threads_after_kernel(release=False)
+    assert not freed and after == before

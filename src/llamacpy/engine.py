@@ -229,6 +229,11 @@ class Engine:
         self._m = dict(prompt_tokens_total=0, tokens_predicted_total=0, prompt_seconds_total=0.0,
                        tokens_predicted_seconds_total=0.0, n_decode_total=0, n_busy_slots_total=0,
                        requests_total=0)
+        # the engine thread becomes the process's only OpenMP master: free this thread's worker pool (left by
+        # the load's repack kernels), else libgomp throttles every worker's spin-wait (kernels.release_thread_pool)
+        from .kernels.linear import release_thread_pool
+
+        release_thread_pool()
         self._thread = threading.Thread(target=self._run, name="llamacpy-engine", daemon=True)
         self._thread.start()
 
