@@ -27,7 +27,8 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .common import bits_to_f32, f16_bits_to_f32
-from .simd import F32, I16, I32, WIDTH, Vec, _c_array, _call, _is_f32, _level, _ptr, _vt, vhsum, vload_f32, width
+from .simd import (F32, I16, I32, WIDTH, Vec, _c_array, _call, _is_f32, _level, _ptr, _vt, vhsum, vload_f32,
+                   vzero_f32, width)
 
 ACC = 4  # accumulator vectors per token (GGML_F16_ARR)
 # No fastmath here: numba's fast-math pass puts `fast` flags on every float instruction, the reduction's adds
@@ -82,16 +83,6 @@ def vadd_exact(typingctx, a, b):
 
 
 @intrinsic
-def vzero(typingctx, isa):
-    n = WIDTH[_level(isa)] // 4
-
-    def cg(context, builder, sig, args):
-        return ir.Constant(_vt(F32, n), None)
-
-    return Vec(types.float32, n)(isa), cg
-
-
-@intrinsic
 def fma_exact(typingctx, a, b, c):
     """Scalar a * b + c rounded once (llvm.fma.f32), for the tails: the same instruction in every loop."""
     if not all(v == types.float32 for v in (a, b, c)):
@@ -125,10 +116,10 @@ def _dot1(isa, wr, xa, nfull, nvec, n_in):
     """One row (wr, 1-D) . one token (xa, 1-D): the single-token update order (see the module doc)."""
     L = width(isa) // 4
     S = ACC * L
-    a0 = vzero(isa)
-    a1 = vzero(isa)
-    a2 = vzero(isa)
-    a3 = vzero(isa)
+    a0 = vzero_f32(isa)
+    a1 = vzero_f32(isa)
+    a2 = vzero_f32(isa)
+    a3 = vzero_f32(isa)
     i = 0
     while i < nfull:
         a0 = vfma_exact(vload_half(isa, wr, i), vload_f32(isa, xa, i), a0)
@@ -159,14 +150,14 @@ def mv_half(isa, w, x, y):
         for t0 in range(0, n_tok - 1, 2):  # token pairs: each weight vector converted once
             xa = x[t0]  # (n_in,)
             xb = x[t0 + 1]
-            a0 = vzero(isa)
-            a1 = vzero(isa)
-            a2 = vzero(isa)
-            a3 = vzero(isa)
-            b0 = vzero(isa)
-            b1 = vzero(isa)
-            b2 = vzero(isa)
-            b3 = vzero(isa)
+            a0 = vzero_f32(isa)
+            a1 = vzero_f32(isa)
+            a2 = vzero_f32(isa)
+            a3 = vzero_f32(isa)
+            b0 = vzero_f32(isa)
+            b1 = vzero_f32(isa)
+            b2 = vzero_f32(isa)
+            b3 = vzero_f32(isa)
             i = 0
             while i < nfull:
                 w0 = vload_half(isa, wr, i)

@@ -377,30 +377,13 @@ def dot_u8s8(typingctx, isa, acc, a, b):
 @intrinsic
 def dot_s8s8b(typingctx, isa, acc, a, b):
     """acc + 4-sums of (a + S8S8_BIAS[level]) * b, a and b signed bytes (see the module doc)."""
-    ok, n8 = _dot_typer(isa, acc, a, b)
+    ok, _ = _dot_typer(isa, acc, a, b)
     if not ok:
         return None
     level = _level(isa)
 
     def cg(context, builder, sig, args):
-        acc_, a_, b_ = args[1], args[2], args[3]
-        if S8S8_BIAS[level] == 128:
-            return _dot_u8s8_ir(builder, level, acc_, builder.xor(a_, _splat8(0x80, n8)), b_, n8)
-        if level == "avx2":
-            v8 = _vt(I8, 32)
-            absa = _call(builder, "llvm.abs.v32i8", v8, [v8, ir.IntType(1)], [a_, ir.Constant(ir.IntType(1), 0)])
-            sgnb = _call(builder, "llvm.x86.avx2.psign.b", v8, [v8, v8], [b_, a_])
-            return _dot_u8s8_ir(builder, level, acc_, absa, sgnb, n8)
-        if level == "neon":
-            return _dot_u8s8_ir(builder, level, acc_, a_, b_, n8)  # sdot is signed x signed
-        wide = _vt(I32, n8)  # generic
-        prod = builder.mul(builder.sext(a_, wide), builder.sext(b_, wide))
-        n32 = n8 // 4
-        out = acc_
-        for k in range(4):
-            out = builder.add(out, builder.shuffle_vector(prod, ir.Constant(wide, None), ir.Constant(
-                _vt(I32, n32), [4 * j + k for j in range(n32)])))
-        return out
+        return ir_dot_s8s8b(builder, level, args[1], args[2], args[3])
 
     return acc(isa, acc, a, b), cg
 
@@ -484,20 +467,12 @@ def vhsum(typingctx, v):
         return None
 
     def cg(context, builder, sig, args):
-        x = args[0]
-        n = sig.args[0].n
-        while n > 1:
-            h = n // 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(_vt(I32, h), list(range(h))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(_vt(I32, h), list(range(h, n))))
-            x = builder.fadd(lo, hi)
-            n = h
-        return builder.extract_element(x, ir.Constant(I32, 0))
+        return ir_hsum_f32(builder, args[0])
 
     return types.float32(v), cg
 
 
-# -- IR-level steps for micro-kernels built with llvmlite (gemm_simd.py): the same instructions as the ops above
+# -- IR-level steps: the ops above are built from them, and so are the llvmlite micro-kernels of gemm_simd.py
 def ir_dot_u8s8(builder, level, acc, a, b):
     """IR of dot_u8s8 on LLVM values (a, b: <width x i8>, acc: <width/4 x i32>)."""
     return _dot_u8s8_ir(builder, level, acc, a, b, a.type.count)
