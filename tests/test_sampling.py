@@ -74,6 +74,27 @@ def test_top_k_keeps_k_sorted_and_k_zero_or_past_vocab_sorts_all():
         assert c.ids.tolist() == [1, 3, 2, 4, 0] and c.sorted
 
 
+def test_top_k_buffer_equals_a_stable_sort_with_ties_infinities_and_nan():
+    """TopK's one-pass buffer (k <= TOP_K_BUFFER_MAX) keeps the k first of a stable descending sort: equal logits
+    by position (also at the k-th place, where argpartition would pick any of them), -inf after finite values,
+    NaN last. Also the stable-sort path above the buffer size."""
+    from llamacpy.sampling import TOP_K_BUFFER_MAX
+
+    rng = np.random.default_rng(7)
+    for trial in range(120):
+        n = int(rng.integers(1, 2000))
+        k = int(rng.integers(1, min(n, TOP_K_BUFFER_MAX) + 1)) if trial % 10 else min(n, TOP_K_BUFFER_MAX + 9)
+        lg = rng.integers(-3, 3, n).astype(F32) if trial % 2 else rng.standard_normal(n).astype(F32)
+        lg[rng.random(n) < 0.2] = -np.inf
+        if trial % 3 == 0:
+            lg[rng.random(n) < 0.1] = np.nan
+        want = np.lexsort((np.arange(n), -lg))[:k]  # stable: ties by position; NaN sorts last
+        c = Candidates(np.arange(n) + 100, lg.copy())
+        TopK(k).apply(c)
+        assert c.ids.tolist() == (want + 100).tolist(), (trial, n, k)
+        assert c.sorted and c.size == k
+
+
 def test_top_p_smallest_prefix_reaching_p():
     probs = [0.05, 0.5, 0.15, 0.3]  # sorted: 0.5, 0.3, 0.15, 0.05 -> running 0.5, 0.8, 0.95, 1.0
     for p, kept in ((0.75, [1, 3]), (0.85, [1, 3, 2]), (0.3, [1])):
