@@ -10,8 +10,8 @@ Levels (what the level's kernels emit):
     avxvnni     256-bit vpdpbusd: the VEX form (avxvnni, e.g. Alder Lake) or the same instruction EVEX-encoded
                 (avx512vnni + avx512vl) -- LLVM picks the encoding the CPU has
     avx2        256-bit pmaddubsw + pmaddwd (needs avx2, fma, f16c)
-    neon        128-bit sdot (aarch64 with +dotprod); never detected by default (no ARM machine has tested it
-                yet): forced only
+    neon        128-bit sdot (aarch64 with +dotprod); never detected by default (no ARM machine has run it yet:
+                tests/test_neon_codegen.py cross-compiles every NEON kernel for AArch64 on any CPU): forced only
     generic     the auto-vectorised numba kernels (the reference and fallback on every CPU)
 Must not: hold kernels; import numba's compiled code (only llvmlite's host queries).
 """

@@ -1,0 +1,54 @@
+"""Child process of test_neon_codegen.py: compile kernels at the "neon" level for AArch64 and report their assembly.
+
+Run as `python neon_codegen_child.py SPECS_JSON`. Before numba loads, llvmlite is told the process triple is
+aarch64-unknown-linux-gnu (CPU "generic" with +neon,+dotprod), so numba's whole pipeline -- the parallel
+gufunc wrappers included -- emits AArch64 code. Nothing compiled here may run (it is not this CPU's code): only
+the kernels named in the specs are compiled, from argument *types* (tiny zero arrays of the recorded dtype and
+ndim), never called. Prints one JSON object {kernel name: {"sdot": n, "fcvtl": n, "x86": n, "lines": n}}.
+The numba cache goes to a temporary folder, so no AArch64 object ever lands in the project's cache.
+Must not: import anything that runs jitted code at import time.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="llamacpy-neon-")
+os.environ["NUMBA_CPU_NAME"] = "generic"
+os.environ["NUMBA_CPU_FEATURES"] = "+neon,+dotprod,+fp-armv8,+fullfp16"
+
+import llvmlite.binding as ll  # noqa: E402
+
+ll.initialize_all_targets()
+ll.initialize_all_asmprinters()
+TRIPLE = "aarch64-unknown-linux-gnu"
+ll.get_process_triple = lambda: TRIPLE
+ll.Target.from_default_triple = classmethod(lambda cls: ll.Target.from_triple(TRIPLE))
+
+import importlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+from numba import typeof  # noqa: E402
+
+from llamacpy.kernels import simd  # noqa: E402
+
+X86_MNEMONICS = ("vpdpbusd", "vpmaddubsw", "vcvtph2ps", "zmm", "ymm", "xmm")
+
+
+def main(specs: list) -> dict:
+    tok = simd.token("neon")
+    out = {}
+    for name, module, func, arg_specs in specs:
+        disp = getattr(importlib.import_module(module), func)
+        args = [tok] + [np.zeros((1,) * nd, dt) for dt, nd in arg_specs]
+        sig = tuple(typeof(a) for a in args)
+        disp.compile(sig)
+        asm = disp.inspect_asm(sig)
+        out[name] = dict(sdot=asm.count("sdot"), fcvtl=asm.count("fcvtl"), lines=asm.count("\n"),
+                         x86=sum(asm.count(m) for m in X86_MNEMONICS))
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))
