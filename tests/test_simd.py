@@ -76,7 +76,8 @@ def test_level_choice_from_features():
     assert isa.detect({"avx2", "fma", "f16c", "avxvnni"}) == "avxvnni"
     assert isa.detect({"avx2", "fma", "f16c"}) == "avx2"
     assert isa.detect({"sse2", "avx"}) == "generic"
-    assert isa.detect({"neon", "dotprod"}) == "generic"  # neon: forced only until tested on ARM
+    assert isa.detect({"neon", "dotprod"}) == "neon"  # verified on an emulated AArch64 (test_neon_emulated.py)
+    assert isa.detect({"neon"}) == "generic"  # no dotprod (e.g. Cortex-A53/A72): the auto-vectorised kernels
     assert isa.choose("neon", {"neon", "dotprod"}) == "neon"
     assert isa.choose("AVX2", avx512) == "avx2" and isa.choose("", avx512) == "avx512vnni"
 

@@ -10,8 +10,9 @@ Levels (what the level's kernels emit):
     avxvnni     256-bit vpdpbusd: the VEX form (avxvnni, e.g. Alder Lake) or the same instruction EVEX-encoded
                 (avx512vnni + avx512vl) -- LLVM picks the encoding the CPU has
     avx2        256-bit pmaddubsw + pmaddwd (needs avx2, fma, f16c)
-    neon        128-bit sdot (aarch64 with +dotprod); never detected by default (no ARM machine has run it yet:
-                tests/test_neon_codegen.py cross-compiles every NEON kernel for AArch64 on any CPU): forced only
+    neon        128-bit sdot (aarch64 with +dotprod). No ARM machine has run the suite yet; every NEON kernel is
+                cross-compiled for AArch64 (tests/test_neon_codegen.py) and run on an emulated AArch64 CPU
+                against the reference (tests/test_neon_emulated.py) on any CPU. Speed on ARM hardware: unmeasured
     generic     the auto-vectorised numba kernels (the reference and fallback on every CPU)
 Must not: hold kernels; import numba's compiled code (only llvmlite's host queries).
 """
@@ -66,8 +67,8 @@ def available(features: set[str] | None = None) -> list[str]:
 
 
 def detect(features: set[str] | None = None) -> str:
-    """The default level: the best available, neon excepted (forced only, see the module doc)."""
-    return next(lv for lv in available(features) if lv != "neon")
+    """The default level: the best available."""
+    return available(features)[0]
 
 
 _level: str | None = None
