@@ -1,0 +1,198 @@
+"""Prompt GEMM (n_tokens > DECODE_MAX) for F16 / BF16 weights, register-tiled, bit-exact with dense_simd.mv_half.
+
+Owns: `gemm_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T, exactly the arguments of
+dense_simd.mv_half (w read in place from the mmap: uint16 words for F16, an int16 view for BF16, see
+dense_simd.weights; x already rounded to the weight type) -- and its tile micro-kernel.
+
+Numerics: mv_half gives each (row, token) ACC = 4 accumulators of L = width/4 f32 lanes; accumulator j takes
+the FMAs of the vectors at k = s*ACC*L + j*L for s = 0, 1, ... in that order (accumulator 0 then the whole
+vectors past the last whole step), they are summed as (a0 + a2) + (a1 + a3), then simd's pairwise lane sum,
+then the scalar tail is FMA'd one weight at a time. The four accumulators never mix before that sum, so the
+tile may compute them in any order as long as each one sees its own FMAs in its own order: a tile keeps
+RT rows x TT tokens x (ACC / P) accumulators in registers and makes P passes over a K block, pass p updating
+accumulators p*ACC/P .. (p+1)*ACC/P - 1 (P = 4: one accumulator per (row, token) live at a time, so a 4 x 4
+tile fits Zen 4's 32 zmm registers). K is cut in blocks of KBLOCK weights (whole steps) whose weights and
+activations stay in L1 over the P passes; accumulators are kept in allocas between blocks (promoted to
+registers by LLVM inside a pass). Every float op is llvm.fma / fadd without fast-math flags (no
+re-association), the conversions are mv_half's (fpext half -> vcvtph2ps; BF16 zext << 16; both exact), so
+each (row, token) result is mv_half's bit for bit, whatever the number of rows or tokens in the call.
+Remainders: a partial tile reads its last valid row / token again and stores only the valid results.
+Parallel over row tiles (prange), tokens in blocks of BLOCK_BYTES of activations (kept in L2) inside.
+Must not: round activations (the caller does), choose levels or paths (isa.py, linear.py).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .simd import WIDTH, _level, ir_hsum_f32
+
+I16, I32, I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+F32 = ir.FloatType()
+ACC = 4  # accumulators per (row, token): dense_simd.ACC (GGML_F16_ARR)
+
+# (RT rows, TT tokens, P passes) per level; measured, see benchmarks/RESULTS.md and the numbers in TILE_NOTES
+TILE = {"avx512vnni": (4, 4, 4), "avxvnni": (4, 3, 4), "avx2": (4, 3, 4), "neon": (4, 4, 4)}
+KBLOCK = 1024  # weights per K block (a multiple of every level's ACC * L)
+BLOCK_BYTES = 768 << 10  # activation bytes per outer token block (as gemm_simd.BLOCK_BYTES)
+LEVELS = tuple(TILE)
+# No fastmath: numba's fast-math pass flags every float instruction of the function, the inlined tile's
+# included, and LLVM could then re-associate the reduction (see dense_simd._JIT)
+JIT = dict(cache=True, nogil=True)
+PJIT = dict(JIT, parallel=True)
+
+
+def _vt(e, n):
+    return ir.VectorType(e, n)
+
+
+def _clamp(builder, i, lim):
+    last = builder.sub(lim, ir.Constant(I64, 1))
+    return builder.select(builder.icmp_signed("<", i, last), i, last)
+
+
+def _fma(builder, a, b, c):
+    t = a.type
+    name = f"llvm.fma.v{t.count}f32" if isinstance(t, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), name)
+    return builder.call(fn, [a, b, c])
+
+
+def _tile_codegen(level, bf16, RT, TT, P):
+    """One tile: args (isa, w, x, y, r0, t0, n_tok); w (n_out, n_in) 16-bit, x (n_tok, n_in) f32, y (n_tok,
+    n_out) f32."""
+    L = WIDTH[level] // 4
+    S = ACC * L
+    NA = ACC // P  # accumulators per (row, token) in one pass
+    vf = _vt(F32, L)
+
+    def cg(context, builder, sig, args):
+        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:4], args[1:4])]
+        W, X, Y = (a.data for a in arrs)
+        n_out, n_in = cgutils.unpack_tuple(builder, arrs[0].shape)
+        r0, t0, n_tok = args[4], args[5], args[6]
+        c = lambda v: ir.Constant(I64, v)
+        rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
+        toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
+        wrow = [builder.mul(r, n_in) for r in rows]
+        xrow = [builder.mul(t, n_in) for t in toks]
+
+        def wvec(i, k):
+            p = builder.bitcast(builder.gep(W, [builder.add(wrow[i], k)]), _vt(I16, L).as_pointer())
+            h = builder.load(p, align=1)
+            if bf16:
+                u = builder.shl(builder.zext(h, _vt(I32, L)), ir.Constant(_vt(I32, L), [16] * L))
+                return builder.bitcast(u, vf)
+            return builder.fpext(builder.bitcast(h, _vt(ir.HalfType(), L)), vf)
+
+        def xvec(j, k):
+            p = builder.bitcast(builder.gep(X, [builder.add(xrow[j], k)]), vf.as_pointer())
+            return builder.load(p, align=1)
+
+        def wscalar(i, k):
+            h = builder.load(builder.gep(W, [builder.add(wrow[i], k)]))
+            if bf16:
+                return builder.bitcast(builder.shl(builder.zext(h, I32), ir.Constant(I32, 16)), F32)
+            return builder.fpext(builder.bitcast(h, ir.HalfType()), F32)
+
+        acc = [[[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(ACC)]
+                for _ in range(TT)] for _ in range(RT)]
+        nfull = builder.mul(builder.udiv(n_in, c(S)), c(S))
+        nvec = builder.mul(builder.udiv(n_in, c(L)), c(L))
+        nblk = builder.udiv(builder.add(nfull, c(KBLOCK - 1)), c(KBLOCK))
+        with cgutils.for_range(builder, nblk) as blk:
+            k0 = builder.mul(blk.index, c(KBLOCK))
+            k1 = builder.add(k0, c(KBLOCK))
+            k1 = builder.select(builder.icmp_signed("<", k1, nfull), k1, nfull)
+            for p in range(P):
+                js = range(p * NA, (p + 1) * NA)
+                with cgutils.for_range_slice(builder, k0, k1, c(S)) as (k, _):
+                    a = {(i, t, j): builder.load(acc[i][t][j]) for i in range(RT) for t in range(TT) for j in js}
+                    for j in js:
+                        kj = builder.add(k, c(j * L))
+                        wv = [wvec(i, kj) for i in range(RT)]
+                        xv = [xvec(t, kj) for t in range(TT)]
+                        for i in range(RT):
+                            for t in range(TT):
+                                a[i, t, j] = _fma(builder, wv[i], xv[t], a[i, t, j])
+                    for (i, t, j), v in a.items():
+                        builder.store(v, acc[i][t][j])
+        with cgutils.for_range_slice(builder, nfull, nvec, c(L)) as (k, _):  # whole vectors past the last step
+            wv = [wvec(i, k) for i in range(RT)]
+            xv = [xvec(t, k) for t in range(TT)]
+            for i in range(RT):
+                for t in range(TT):
+                    builder.store(_fma(builder, wv[i], xv[t], builder.load(acc[i][t][0])), acc[i][t][0])
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(TT)] for _ in range(RT)]
+        for i in range(RT):
+            for t in range(TT):
+                a0, a1, a2, a3 = (builder.load(acc[i][t][j]) for j in range(ACC))
+                v = builder.fadd(builder.fadd(a0, a2), builder.fadd(a1, a3))
+                builder.store(ir_hsum_f32(builder, v), sums[i][t])
+        with cgutils.for_range_slice(builder, nvec, n_in, c(1)) as (k, _):  # the scalar tail, in order
+            wv = [wscalar(i, k) for i in range(RT)]
+            for t in range(TT):
+                xs = builder.load(builder.gep(X, [builder.add(xrow[t], k)]))
+                for i in range(RT):
+                    builder.store(_fma(builder, wv[i], xs, builder.load(sums[i][t])), sums[i][t])
+        for i in range(RT):
+            ri = builder.add(r0, c(i))
+            for t in range(TT):
+                tj = builder.add(t0, c(t))
+                ok = builder.and_(builder.icmp_signed("<", ri, n_out), builder.icmp_signed("<", tj, n_tok))
+                with builder.if_then(ok):
+                    builder.store(builder.load(sums[i][t]), builder.gep(Y, [builder.add(builder.mul(tj, n_out), ri)]))
+        return context.get_dummy_value()
+
+    return cg
+
+
+def _c2(*arrs):
+    return all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2 for a in arrs)
+
+
+@intrinsic
+def _tile(typingctx, isa, w, x, y, r0, t0, t_end):
+    level = _level(isa)
+    if level not in TILE or not _c2(w, x, y) or w.dtype not in (types.uint16, types.int16):
+        return None
+    if x.dtype != types.float32 or y.dtype != types.float32:
+        return None
+    RT, TT, P = TILE[level]
+    return (types.void(isa, w, x, y, types.int64, types.int64, types.int64),
+            _tile_codegen(level, w.dtype == types.int16, RT, TT, P))
+
+
+@intrinsic
+def tile_shape(typingctx, isa):
+    """(rows, tokens) of the level's register tile, as compile-time constants."""
+    RT, TT, _ = TILE[_level(isa)]
+
+    def cg(context, builder, sig, args):
+        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, RT), ir.Constant(I64, TT)])
+
+    return types.UniTuple(types.int64, 2)(isa), cg
+
+
+@nb.njit(**JIT)
+def _token_block(xbytes, TT):
+    return max(TT, BLOCK_BYTES // max(xbytes, 1) // TT * TT)
+
+
+@nb.njit(**PJIT)
+def gemm_half(isa, w, x, y):
+    """y (n_tok, n_out) = x (n_tok, n_in) f32 (rounded to the weight type) @ w.T; w (n_out, n_in) uint16 (F16)
+    or int16 (BF16 bits): dense_simd.mv_half's arguments and results."""
+    n_tok, n_out = y.shape
+    RT, TT = tile_shape(isa)
+    nrt = (n_out + RT - 1) // RT
+    TB = _token_block(4 * x.shape[1], TT)
+    for tb in range(0, n_tok, TB):
+        te = min(n_tok, tb + TB)
+        for rt in nb.prange(nrt):
+            for t0 in range(tb, te, TT):
+                _tile(isa, w, x, y, rt * RT, t0, te)
