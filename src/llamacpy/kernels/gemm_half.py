@@ -24,6 +24,7 @@ Must not: round activations (the caller does), choose levels or paths (isa.py, l
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -71,15 +72,17 @@ def _tile_codegen(level, bf16, RT, TT, P):
     vf = _vt(F32, L)
 
     def cg(context, builder, sig, args):
-        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:4], args[1:4])]
-        W, X, Y = (a.data for a in arrs)
+        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:5], args[1:5])]
+        W, XP, X, Y = (a.data for a in arrs)
         n_out, n_in = cgutils.unpack_tuple(builder, arrs[0].shape)
-        r0, t0, n_tok = args[4], args[5], args[6]
+        xpw = cgutils.unpack_tuple(builder, arrs[1].shape)[1]
+        r0, q, t0, n_tok = args[5], args[6], args[7], args[8]
         c = lambda v: ir.Constant(I64, v)
         rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
         wrow = [builder.mul(r, n_in) for r in rows]
         xrow = [builder.mul(t, n_in) for t in toks]
+        xq = builder.mul(q, xpw)
 
         def wvec(i, k):
             p = builder.bitcast(builder.gep(W, [builder.add(wrow[i], k)]), _vt(I16, L).as_pointer())
@@ -89,8 +92,9 @@ def _tile_codegen(level, bf16, RT, TT, P):
                 return builder.bitcast(u, vf)
             return builder.fpext(builder.bitcast(h, _vt(ir.HalfType(), L)), vf)
 
-        def xvec(j, k):
-            p = builder.bitcast(builder.gep(X, [builder.add(xrow[j], k)]), vf.as_pointer())
+        def xvec(j, k):  # token j's vector at k: packed (see pack_tokens) at k * TT + j * L
+            off = builder.add(xq, builder.add(builder.mul(k, c(TT)), c(j * L)))
+            p = builder.bitcast(builder.gep(XP, [off]), vf.as_pointer())
             return builder.load(p, align=1)
 
         def wscalar(i, k):
@@ -156,14 +160,14 @@ def _c2(*arrs):
 
 
 @intrinsic
-def _tile(typingctx, isa, w, x, y, r0, t0, t_end):
+def _tile(typingctx, isa, w, xp, x, y, r0, q, t0, t_end):
     level = _level(isa)
-    if level not in TILE or not _c2(w, x, y) or w.dtype not in (types.uint16, types.int16):
+    if level not in TILE or not _c2(w, xp, x, y) or w.dtype not in (types.uint16, types.int16):
         return None
-    if x.dtype != types.float32 or y.dtype != types.float32:
+    if not all(a.dtype == types.float32 for a in (xp, x, y)):
         return None
     RT, TT, P = TILE[level]
-    return (types.void(isa, w, x, y, types.int64, types.int64, types.int64),
+    return (types.void(isa, w, xp, x, y, types.int64, types.int64, types.int64, types.int64),
             _tile_codegen(level, w.dtype == types.int16, RT, TT, P))
 
 
@@ -183,16 +187,47 @@ def _token_block(xbytes, TT):
     return max(TT, BLOCK_BYTES // max(xbytes, 1) // TT * TT)
 
 
+@intrinsic
+def lanes(typingctx, isa):
+    """f32 lanes of the level's vectors (width / 4), a compile-time constant."""
+    L = WIDTH[_level(isa)] // 4
+
+    def cg(context, builder, sig, args):
+        return ir.Constant(I64, L)
+
+    return types.int64(isa), cg
+
+
+@nb.njit(**PJIT)
+def pack_tokens(isa, x, tb, te, xp):
+    """Tokens tb..te-1 of x in tile order: xp[q, v * TT * L + j * L + l] = x[tb + q * TT + j, v * L + l] for the
+    whole vectors (v < n_in // L) -- a tile's TT vectors at one k are then adjacent (no L1 set conflicts between
+    rows n_in * 4 bytes apart). A partial last tile repeats its last valid token."""
+    RT, TT = tile_shape(isa)
+    L = lanes(isa)
+    nv = x.shape[1] // L
+    nq = (te - tb + TT - 1) // TT
+    for q in nb.prange(nq):
+        for j in range(TT):
+            src = min(tb + q * TT + j, te - 1)
+            for v in range(nv):
+                for l in range(L):
+                    xp[q, (v * TT + j) * L + l] = x[src, v * L + l]
+
+
 @nb.njit(**PJIT)
 def gemm_half(isa, w, x, y):
     """y (n_tok, n_out) = x (n_tok, n_in) f32 (rounded to the weight type) @ w.T; w (n_out, n_in) uint16 (F16)
     or int16 (BF16 bits): dense_simd.mv_half's arguments and results."""
     n_tok, n_out = y.shape
     RT, TT = tile_shape(isa)
+    L = lanes(isa)
     nrt = (n_out + RT - 1) // RT
     TB = _token_block(4 * x.shape[1], TT)
+    xp = np.empty(((min(TB, n_tok) + TT - 1) // TT, x.shape[1] // L * L * TT), np.float32)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
+        pack_tokens(isa, x, tb, te, xp)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
-                _tile(isa, w, x, y, rt * RT, t0, te)
+                _tile(isa, w, xp, x, y, rt * RT, (t0 - tb) // TT, t0, te)
