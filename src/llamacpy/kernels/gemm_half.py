@@ -38,7 +38,7 @@ ACC = 4  # accumulators per (row, token): dense_simd.ACC (GGML_F16_ARR)
 
 # (RT rows, TT tokens, P passes) per level; measured, see benchmarks/RESULTS.md and the numbers in TILE_NOTES
 TILE = {"avx512vnni": (4, 4, 4), "avxvnni": (4, 3, 4), "avx2": (4, 3, 4), "neon": (4, 4, 4)}
-KBLOCK = 1024  # weights per K block (a multiple of every level's ACC * L)
+KBLOCK = 512  # weights per K block (a multiple of every level's ACC * L); measured below
 BLOCK_BYTES = 768 << 10  # activation bytes per outer token block (as gemm_simd.BLOCK_BYTES)
 LEVELS = tuple(TILE)
 # No fastmath: numba's fast-math pass flags every float instruction of the function, the inlined tile's
@@ -92,8 +92,8 @@ def _tile_codegen(level, bf16, RT, TT, P):
                 return builder.bitcast(u, vf)
             return builder.fpext(builder.bitcast(h, _vt(ir.HalfType(), L)), vf)
 
-        def xvec(j, k):  # token j's vector at k: packed (see pack_tokens) at k * TT + j * L
-            off = builder.add(xq, builder.add(builder.mul(k, c(TT)), c(j * L)))
+        def xvec(j, u):  # token j's vector in slot u (see pack_tokens)
+            off = builder.add(xq, builder.add(builder.mul(u, c(TT * L)), c(j * L)))
             p = builder.bitcast(builder.gep(XP, [off]), vf.as_pointer())
             return builder.load(p, align=1)
 
@@ -105,32 +105,30 @@ def _tile_codegen(level, bf16, RT, TT, P):
 
         acc = [[[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(ACC)]
                 for _ in range(TT)] for _ in range(RT)]
-        nfull = builder.mul(builder.udiv(n_in, c(S)), c(S))
+        nsteps = builder.udiv(n_in, c(S))
+        nfull = builder.mul(nsteps, c(S))
         nvec = builder.mul(builder.udiv(n_in, c(L)), c(L))
-        nblk = builder.udiv(builder.add(nfull, c(KBLOCK - 1)), c(KBLOCK))
-        with cgutils.for_range(builder, nblk) as blk:
-            k0 = builder.mul(blk.index, c(KBLOCK))
-            k1 = builder.add(k0, c(KBLOCK))
-            k1 = builder.select(builder.icmp_signed("<", k1, nfull), k1, nfull)
-            for p in range(P):
-                js = range(p * NA, (p + 1) * NA)
-                with cgutils.for_range_slice(builder, k0, k1, c(S)) as (k, _):
-                    a = {(i, t, j): builder.load(acc[i][t][j]) for i in range(RT) for t in range(TT) for j in js}
-                    for j in js:
-                        kj = builder.add(k, c(j * L))
-                        wv = [wvec(i, kj) for i in range(RT)]
-                        xv = [xvec(t, kj) for t in range(TT)]
-                        for i in range(RT):
-                            for t in range(TT):
-                                a[i, t, j] = _fma(builder, wv[i], xv[t], a[i, t, j])
-                    for (i, t, j), v in a.items():
-                        builder.store(v, acc[i][t][j])
-        with cgutils.for_range_slice(builder, nfull, nvec, c(L)) as (k, _):  # whole vectors past the last step
-            wv = [wvec(i, k) for i in range(RT)]
-            xv = [xvec(t, k) for t in range(TT)]
-            for i in range(RT):
+        for j in range(ACC):  # pass j: accumulator j of every (row, token), over the whole K in mv_half's order
+            u0 = builder.mul(nsteps, c(j))  # the pass's first vector slot in the packed tokens
+            with cgutils.for_range(builder, nsteps) as st:
+                a = {(i, t): builder.load(acc[i][t][j]) for i in range(RT) for t in range(TT)}
+                k = builder.add(builder.mul(st.index, c(S)), c(j * L))
+                u = builder.add(u0, st.index)
+                wv = [wvec(i, k) for i in range(RT)]
                 for t in range(TT):
-                    builder.store(_fma(builder, wv[i], xv[t], builder.load(acc[i][t][0])), acc[i][t][0])
+                    xv = xvec(t, u)
+                    for i in range(RT):
+                        a[i, t] = _fma(builder, wv[i], xv, a[i, t])
+                for (i, t), v in a.items():
+                    builder.store(v, acc[i][t][j])
+        u0 = builder.mul(nsteps, c(ACC))
+        with cgutils.for_range_slice(builder, nfull, nvec, c(L)) as (k, r):  # whole vectors past the last step
+            u = builder.add(u0, r)
+            wv = [wvec(i, k) for i in range(RT)]
+            for t in range(TT):
+                xv = xvec(t, u)
+                for i in range(RT):
+                    builder.store(_fma(builder, wv[i], xv, builder.load(acc[i][t][0])), acc[i][t][0])
         sums = [[cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(TT)] for _ in range(RT)]
         for i in range(RT):
             for t in range(TT):
@@ -200,19 +198,25 @@ def lanes(typingctx, isa):
 
 @nb.njit(**PJIT)
 def pack_tokens(isa, x, tb, te, xp):
-    """Tokens tb..te-1 of x in tile order: xp[q, v * TT * L + j * L + l] = x[tb + q * TT + j, v * L + l] for the
-    whole vectors (v < n_in // L) -- a tile's TT vectors at one k are then adjacent (no L1 set conflicts between
-    rows n_in * 4 bytes apart). A partial last tile repeats its last valid token."""
+    """Tokens tb..te-1 of x in tile order, the whole vectors of a tile's TT tokens in the order its passes read
+    them: slot u = j * nsteps + s holds the vectors at k = s * ACC * L + j * L (step s, accumulator j), then
+    slot ACC * nsteps + r the r-th whole vector past the last whole step; xp[q, (u * TT + t) * L + l]. Each
+    pass then streams memory in order (no L1 set conflicts between rows n_in * 4 bytes apart, no strides).
+    A partial last tile repeats its last valid token."""
     RT, TT = tile_shape(isa)
     L = lanes(isa)
+    S = ACC * L
+    nsteps = x.shape[1] // S
     nv = x.shape[1] // L
     nq = (te - tb + TT - 1) // TT
     for q in nb.prange(nq):
-        for j in range(TT):
-            src = min(tb + q * TT + j, te - 1)
+        for t in range(TT):
+            src = min(tb + q * TT + t, te - 1)
             for v in range(nv):
+                s, j = v // ACC, v % ACC
+                u = j * nsteps + s if s < nsteps else v
                 for l in range(L):
-                    xp[q, (v * TT + j) * L + l] = x[src, v * L + l]
+                    xp[q, (u * TT + t) * L + l] = x[src, v * L + l]
 
 
 @nb.njit(**PJIT)

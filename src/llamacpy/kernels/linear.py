@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dense_simd, dequant, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
+from . import dense, dense_simd, dequant, gemm_half, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -378,6 +378,18 @@ class LinearHalf(Linear):
         super().__init__(*a)
         self.w16 = np.asarray(self.raw).view(np.uint16).reshape(self.n_out, self.n_in)  # (n_out, n_in)
         self.kind = dense.KIND_F16 if self.ggml_type == F16 else dense.KIND_BF16
+        # prompts on gemm_half.gemm_half (bit-exact with the decode kernel, so prompt rows are independent of
+        # the batch: model.prompt_split_exact) at the levels it has; see _prompt_simd for the measurements
+        self.prompt_by_decode = (uses_simd(self.ggml_type) and isa.level() in gemm_half.LEVELS
+                                 and self.w16.flags.c_contiguous)
+
+    def _prompt_simd(self, x, out):
+        """A prompt (n_tokens > DECODE_MAX) on the register-tiled GEMM, every (row, token) equal to mv_half's."""
+        w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
+        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
+        gemm_half.gemm_half(simd.token(isa.level()), w, self._round_activations(x), y)
+        if y is not out:
+            out[...] = y
 
     def _round_activations(self, x):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
