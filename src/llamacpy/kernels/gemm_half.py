@@ -37,9 +37,9 @@ F32 = ir.FloatType()
 ACC = 4  # accumulators per (row, token): dense_simd.ACC (GGML_F16_ARR)
 
 # (RT rows, TT tokens, P passes) per level; measured, see benchmarks/RESULTS.md and the numbers in TILE_NOTES
-TILE = {"avx512vnni": (4, 4, 4), "avxvnni": (4, 3, 4), "avx2": (4, 3, 4), "neon": (4, 4, 4)}
+TILE = {"avx512vnni": (4, 4, 4), "avxvnni": (3, 4, 4), "avx2": (3, 4, 4), "neon": (4, 4, 4)}
 KBLOCK = 512  # weights per K block (a multiple of every level's ACC * L); measured below
-BLOCK_BYTES = 768 << 10  # activation bytes per outer token block (as gemm_simd.BLOCK_BYTES)
+BLOCK_BYTES = 4 << 20  # activation bytes per outer token block; measured below
 LEVELS = tuple(TILE)
 # No fastmath: numba's fast-math pass flags every float instruction of the function, the inlined tile's
 # included, and LLVM could then re-associate the reduction (see dense_simd._JIT)
@@ -72,11 +72,11 @@ def _tile_codegen(level, bf16, RT, TT, P):
     vf = _vt(F32, L)
 
     def cg(context, builder, sig, args):
-        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:5], args[1:5])]
-        W, XP, X, Y = (a.data for a in arrs)
+        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:6], args[1:6])]
+        W, WP, XP, X, Y = (a.data for a in arrs)
         n_out, n_in = cgutils.unpack_tuple(builder, arrs[0].shape)
-        xpw = cgutils.unpack_tuple(builder, arrs[1].shape)[1]
-        r0, q, t0, n_tok = args[5], args[6], args[7], args[8]
+        xpw = cgutils.unpack_tuple(builder, arrs[2].shape)[1]
+        r0, q, t0, n_tok = args[6], args[7], args[8], args[9]
         c = lambda v: ir.Constant(I64, v)
         rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
@@ -84,8 +84,9 @@ def _tile_codegen(level, bf16, RT, TT, P):
         xrow = [builder.mul(t, n_in) for t in toks]
         xq = builder.mul(q, xpw)
 
-        def wvec(i, k):
-            p = builder.bitcast(builder.gep(W, [builder.add(wrow[i], k)]), _vt(I16, L).as_pointer())
+        def wvec(i, u):  # row i's vector in slot u (see pack_rows)
+            off = builder.add(builder.mul(u, c(RT * L)), c(i * L))
+            p = builder.bitcast(builder.gep(WP, [off]), _vt(I16, L).as_pointer())
             h = builder.load(p, align=1)
             if bf16:
                 u = builder.shl(builder.zext(h, _vt(I32, L)), ir.Constant(_vt(I32, L), [16] * L))
@@ -112,9 +113,8 @@ def _tile_codegen(level, bf16, RT, TT, P):
             u0 = builder.mul(nsteps, c(j))  # the pass's first vector slot in the packed tokens
             with cgutils.for_range(builder, nsteps) as st:
                 a = {(i, t): builder.load(acc[i][t][j]) for i in range(RT) for t in range(TT)}
-                k = builder.add(builder.mul(st.index, c(S)), c(j * L))
                 u = builder.add(u0, st.index)
-                wv = [wvec(i, k) for i in range(RT)]
+                wv = [wvec(i, u) for i in range(RT)]
                 for t in range(TT):
                     xv = xvec(t, u)
                     for i in range(RT):
@@ -124,7 +124,7 @@ def _tile_codegen(level, bf16, RT, TT, P):
         u0 = builder.mul(nsteps, c(ACC))
         with cgutils.for_range_slice(builder, nfull, nvec, c(L)) as (k, r):  # whole vectors past the last step
             u = builder.add(u0, r)
-            wv = [wvec(i, k) for i in range(RT)]
+            wv = [wvec(i, u) for i in range(RT)]
             for t in range(TT):
                 xv = xvec(t, u)
                 for i in range(RT):
@@ -158,14 +158,16 @@ def _c2(*arrs):
 
 
 @intrinsic
-def _tile(typingctx, isa, w, xp, x, y, r0, q, t0, t_end):
+def _tile(typingctx, isa, w, wp, xp, x, y, r0, q, t0, t_end):
     level = _level(isa)
     if level not in TILE or not _c2(w, xp, x, y) or w.dtype not in (types.uint16, types.int16):
+        return None
+    if not (isinstance(wp, types.Array) and wp.layout == "C" and wp.ndim == 1 and wp.dtype == w.dtype):
         return None
     if not all(a.dtype == types.float32 for a in (xp, x, y)):
         return None
     RT, TT, P = TILE[level]
-    return (types.void(isa, w, xp, x, y, types.int64, types.int64, types.int64, types.int64),
+    return (types.void(isa, w, wp, xp, x, y, types.int64, types.int64, types.int64, types.int64),
             _tile_codegen(level, w.dtype == types.int16, RT, TT, P))
 
 
@@ -219,6 +221,23 @@ def pack_tokens(isa, x, tb, te, xp):
                     xp[q, (u * TT + t) * L + l] = x[src, v * L + l]
 
 
+@nb.njit(inline="always", **JIT)
+def pack_rows(isa, w, r0, wp):
+    """Rows r0..r0+RT-1 of w in slot order (pack_tokens' slots): wp[(u * RT + i) * L + l]; rows past the end
+    repeat the last row. A pass then reads its weights in order, each line once."""
+    RT, TT = tile_shape(isa)
+    L = lanes(isa)
+    n_out, n_in = w.shape
+    nsteps = n_in // (ACC * L)
+    for v in range(n_in // L):
+        s, j = v // ACC, v % ACC
+        u = j * nsteps + s if s < nsteps else v
+        for i in range(RT):
+            src = min(r0 + i, n_out - 1)
+            for l in range(L):
+                wp[(u * RT + i) * L + l] = w[src, v * L + l]
+
+
 @nb.njit(**PJIT)
 def gemm_half(isa, w, x, y):
     """y (n_tok, n_out) = x (n_tok, n_in) f32 (rounded to the weight type) @ w.T; w (n_out, n_in) uint16 (F16)
@@ -233,5 +252,7 @@ def gemm_half(isa, w, x, y):
         te = min(n_tok, tb + TB)
         pack_tokens(isa, x, tb, te, xp)
         for rt in nb.prange(nrt):
+            wp = np.empty(x.shape[1] // L * L * RT, w.dtype)
+            pack_rows(isa, w, rt * RT, wp)
             for t0 in range(tb, te, TT):
-                _tile(isa, w, xp, x, y, rt * RT, (t0 - tb) // TT, t0, te)
+                _tile(isa, w, wp, xp, x, y, rt * RT, (t0 - tb) // TT, t0, te)
