@@ -37,7 +37,7 @@ F32 = ir.FloatType()
 ACC = 4  # accumulators per (row, token): dense_simd.ACC (GGML_F16_ARR)
 
 # (RT rows, TT tokens, P passes) per level; measured, see benchmarks/RESULTS.md and the numbers in TILE_NOTES
-TILE = {"avx512vnni": (4, 4, 4), "avxvnni": (3, 4, 4), "avx2": (3, 4, 4), "neon": (4, 4, 4)}
+TILE = {"avx512vnni": (6, 4, 4), "avxvnni": (3, 4, 4), "avx2": (3, 4, 4), "neon": (4, 4, 4)}
 KBLOCK = 512  # weights per K block (a multiple of every level's ACC * L); measured below
 BLOCK_BYTES = 4 << 20  # activation bytes per outer token block; measured below
 LEVELS = tuple(TILE)
@@ -206,19 +206,19 @@ def pack_tokens(isa, x, tb, te, xp):
     pass then streams memory in order (no L1 set conflicts between rows n_in * 4 bytes apart, no strides).
     A partial last tile repeats its last valid token."""
     RT, TT = tile_shape(isa)
-    L = lanes(isa)
-    S = ACC * L
-    nsteps = x.shape[1] // S
-    nv = x.shape[1] // L
     nq = (te - tb + TT - 1) // TT
     for q in nb.prange(nq):
+        L = lanes(isa)  # inside the parallel body: a compile-time constant there (see dense_simd's doc)
+        nsteps = x.shape[1] // (ACC * L)
+        nv = x.shape[1] // L
         for t in range(TT):
             src = min(tb + q * TT + t, te - 1)
             for v in range(nv):
                 s, j = v // ACC, v % ACC
                 u = j * nsteps + s if s < nsteps else v
+                o = (u * TT + t) * L
                 for l in range(L):
-                    xp[q, (u * TT + t) * L + l] = x[src, v * L + l]
+                    xp[q, o + l] = x[src, v * L + l]
 
 
 @nb.njit(inline="always", **JIT)
