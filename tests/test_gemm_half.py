@@ -104,3 +104,21 @@ def test_linear_half_prompt_rows_independent_of_batch(typ):
     strided = np.full((17, 2 * n_out), np.nan, np.float32)[:, ::2]  # a caller's non-contiguous out= view
     assert lin(x, out=strided) is strided
     np.testing.assert_array_equal(strided, y)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["F16", "BF16"])
+def test_round_activations_matches_common(bf16):
+    """gemm_half.round_activations (the prompt path's rounding) gives common.f16_round / bf16_round's bits on
+    random bit patterns (NaN, inf, subnormals, overflow past 65504 included) and on small / large normals;
+    NaN stays NaN (its payload may differ for F16: numpy and vcvtps2ph quiet it differently; never read)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2 ** 32, (60, 1001), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x[:20] = rng.standard_normal((20, 1001)).astype(np.float32) * 1e-5  # f16 subnormals, ties
+    x[20:30] = rng.standard_normal((10, 1001)).astype(np.float32) * 7e4  # f16 overflow
+    out = np.empty_like(x)
+    gemm_half.round_activations(x, bf16, out)
+    with np.errstate(over="ignore"):
+        ref = bf16_round(x) if bf16 else f16_round(x)
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), ref[~nan].view(np.uint32))

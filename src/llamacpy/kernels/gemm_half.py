@@ -221,6 +221,43 @@ def pack_tokens(isa, x, tb, te, xp):
                     xp[q, o + l] = x[src, v * L + l]
 
 
+@intrinsic
+def _f16_round1(typingctx, v):
+    """One float32 rounded to float16 (fptrunc: nearest, ties to even -- vcvtps2ph) and back (exact)."""
+    if v != types.float32:
+        return None
+
+    def cg(context, builder, sig, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), F32)
+
+    return types.float32(v), cg
+
+
+@nb.njit(**PJIT)
+def round_activations(x, bf16, out):
+    """out (n, k) = x (n, k) f32 rounded to the weight type, bit for bit as common.f16_round / bf16_round
+    (ggml's GGML_FP32_TO_BF16: nearest, ties to even, NaN quieted) -- a compiled loop over the rows, where
+    numpy's float16 casts take ~7 ms per 512 x 2048 prompt (~7% of a 1.1B F16 pp512)."""
+    n, k = x.shape
+    if bf16:
+        u = x.view(np.uint32)
+        o = out.view(np.uint32)
+        for t in nb.prange(n):
+            ur = u[t]  # (k,)
+            orow = o[t]
+            for i in range(k):
+                b = ur[i]
+                r = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16) << np.uint32(16)
+                q = ((b >> np.uint32(16)) | np.uint32(64)) << np.uint32(16)
+                orow[i] = q if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r
+    else:
+        for t in nb.prange(n):
+            xr = x[t]  # (k,)
+            orow = out[t]
+            for i in range(k):
+                orow[i] = _f16_round1(xr[i])
+
+
 @nb.njit(inline="always", **JIT)
 def pack_rows(isa, w, r0, wp):
     """Rows r0..r0+RT-1 of w in slot order (pack_tokens' slots): wp[(u * RT + i) * L + l]; rows past the end

@@ -387,7 +387,9 @@ class LinearHalf(Linear):
         """A prompt (n_tokens > DECODE_MAX) on the register-tiled GEMM, every (row, token) equal to mv_half's."""
         w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
         y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
-        gemm_half.gemm_half(simd.token(isa.level()), w, self._round_activations(x), y)
+        xr = np.empty(x.shape, np.float32)  # (n, n_in): common.f16_round / bf16_round's bits, compiled
+        gemm_half.round_activations(x, self.kind == dense.KIND_BF16, xr)
+        gemm_half.gemm_half(simd.token(isa.level()), w, xr, y)
         if y is not out:
             out[...] = y
 
