@@ -10,7 +10,8 @@ lane adds, at most L - 1 tail FMAs): n_in // 16 + 32 covers every level (L >= 4)
 (11- or 8-bit significands), so only the accumulation rounds.
 Shapes: n_in below one vector (scalar tail only), with and without remainder vectors / a scalar tail, odd row
 counts (partial row tiles), 9 / 17 / 64 / 100 tokens (partial token tiles), and a long row whose 100 tokens
-span two token blocks. Weights include f16 subnormals, signed zeros and +-65504 (F16) / +-65280 (BF16; its max would overflow the f32 sums): conversion exactness.
+span two token blocks. Weights include subnormals, signed zeros and +-65504 (F16) / +-65280 (BF16: its max
+would overflow the f32 sums) for the conversions' exactness.
 """
 
 from __future__ import annotations

@@ -1,24 +1,28 @@
 """Prompt GEMM (n_tokens > DECODE_MAX) for F16 / BF16 weights, register-tiled, bit-exact with dense_simd.mv_half.
 
-Owns: `gemm_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T, exactly the arguments of
+Owns: `gemm_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T on exactly the arguments of
 dense_simd.mv_half (w read in place from the mmap: uint16 words for F16, an int16 view for BF16, see
-dense_simd.weights; x already rounded to the weight type) -- and its tile micro-kernel.
+dense_simd.weights; x already rounded to the weight type) -- its tile micro-kernel (LLVM IR built here), the
+per-call packing of one row tile's weights / one token block's activations (copies in the tile's read order,
+no second copy of the matrix), and `round_activations` (the prompt path's rounding, common.f16_round /
+bf16_round's bits, compiled).
 
 Numerics: mv_half gives each (row, token) ACC = 4 accumulators of L = width/4 f32 lanes; accumulator j takes
-the FMAs of the vectors at k = s*ACC*L + j*L for s = 0, 1, ... in that order (accumulator 0 then the whole
-vectors past the last whole step), they are summed as (a0 + a2) + (a1 + a3), then simd's pairwise lane sum,
-then the scalar tail is FMA'd one weight at a time. The four accumulators never mix before that sum, so the
-tile may compute them in any order as long as each one sees its own FMAs in its own order: a tile keeps
-RT rows x TT tokens x (ACC / P) accumulators in registers and makes P passes over a K block, pass p updating
-accumulators p*ACC/P .. (p+1)*ACC/P - 1 (P = 4: one accumulator per (row, token) live at a time, so a 4 x 4
-tile fits Zen 4's 32 zmm registers). K is cut in blocks of KBLOCK weights (whole steps) whose weights and
-activations stay in L1 over the P passes; accumulators are kept in allocas between blocks (promoted to
-registers by LLVM inside a pass). Every float op is llvm.fma / fadd without fast-math flags (no
-re-association), the conversions are mv_half's (fpext half -> vcvtph2ps; BF16 zext << 16; both exact), so
-each (row, token) result is mv_half's bit for bit, whatever the number of rows or tokens in the call.
-Remainders: a partial tile reads its last valid row / token again and stores only the valid results.
-Parallel over row tiles (prange), tokens in blocks of BLOCK_BYTES of activations (kept in L2) inside.
-Must not: round activations (the caller does), choose levels or paths (isa.py, linear.py).
+the FMAs of the vectors at k = s*ACC*L + j*L for s = 0, 1, ... in that order (accumulator 0 then also the
+whole vectors past the last whole step), they are summed as (a0 + a2) + (a1 + a3), then simd's pairwise lane
+sum, then the scalar tail is FMA'd one weight at a time. The four accumulators never mix before that sum, so
+a tile may compute them one after the other as long as each sees its own FMAs in its own order: a tile of
+RT rows x TT tokens makes ACC passes over K, pass j keeping accumulator j of its RT x TT pairs in registers
+(6 x 4 = 24 zmm on avx512: one accumulator per pair live, where all four would need 96). The pass's weights
+and activations are packed in pass order, so each pass streams memory in order (reading rows n_in * 2 or
+n_in * 4 bytes apart in place cost L1 set conflicts: 0.6-0.8 of OpenBLAS's sgemm -> 0.85-0.98 packed).
+Every float op is llvm.fma / fadd without fast-math flags (no re-association; the functions here are
+compiled without fastmath for that), the conversions are mv_half's (fpext half -> vcvtph2ps; BF16 zext << 16;
+both exact), so each (row, token) result is mv_half's bit for bit, whatever the number of rows or tokens
+in the call. Remainders: a partial tile reads its last valid row / token again and stores only valid results.
+Parallel over row tiles (prange); tokens in blocks of BLOCK_BYTES of f32 activations inside.
+Must not: choose levels or paths (isa.py, linear.py); read activations that were not rounded (the tail and
+the vectors must see the same values as mv_half).
 """
 
 from __future__ import annotations
@@ -36,10 +40,15 @@ I16, I32, I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32 = ir.FloatType()
 ACC = 4  # accumulators per (row, token): dense_simd.ACC (GGML_F16_ARR)
 
-# (RT rows, TT tokens, P passes) per level; measured, see benchmarks/RESULTS.md and the numbers in TILE_NOTES
-TILE = {"avx512vnni": (6, 4, 4), "avxvnni": (3, 4, 4), "avx2": (3, 4, 4), "neon": (4, 4, 4)}
-KBLOCK = 512  # weights per K block (a multiple of every level's ACC * L); measured below
-BLOCK_BYTES = 4 << 20  # activation bytes per outer token block; measured below
+# (RT rows, TT tokens) per level. avx512vnni measured on Zen 4, one thread, 512 tokens, GFLOP/s on 5632x2048 /
+# 2048x5632 (same-run OpenBLAS f32 sgemm ~85-95; the shared VM makes +-10% noise): 4x4 89 / 81, 5x4 85 / 78,
+# 6x4 85 / 86, 6x3 90 / 80, 7x3 77 / 78; 4x6 and 5x5 (> 32 registers with the operands) 53-77. The 16-register
+# levels: RT * TT + RT + 1 <= 16 (3 x 4); neon (32 registers) as avx512, not measured here.
+TILE = {"avx512vnni": (6, 4), "avxvnni": (3, 4), "avx2": (3, 4), "neon": (4, 4)}
+# f32 activation bytes per outer token block (whole tiles): the weights are packed once per row tile and
+# block, so larger blocks amortise that; measured (4x4 tile, 512 tokens, GFLOP/s 5632x2048 / 2048x5632):
+# 192 KiB 53 / 28, 384 KiB 54 / 45, 2 MiB 81 / 79, 4 MiB 83 / 77, 16 MiB 84 / 67
+BLOCK_BYTES = 4 << 20
 LEVELS = tuple(TILE)
 # No fastmath: numba's fast-math pass flags every float instruction of the function, the inlined tile's
 # included, and LLVM could then re-associate the reduction (see dense_simd._JIT)
@@ -63,12 +72,12 @@ def _fma(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
-def _tile_codegen(level, bf16, RT, TT, P):
-    """One tile: args (isa, w, x, y, r0, t0, n_tok); w (n_out, n_in) 16-bit, x (n_tok, n_in) f32, y (n_tok,
-    n_out) f32."""
+def _tile_codegen(level, bf16, RT, TT):
+    """One tile: args (isa, w, wp, xp, x, y, r0, q, t0, n_tok): w (n_out, n_in) 16-bit words, wp its rows r0..
+    packed by pack_rows, xp the token block packed by pack_tokens (q: this tile's index there), x (n_tok,
+    n_in) f32 (the scalar tail is read there), y (n_tok, n_out) f32."""
     L = WIDTH[level] // 4
     S = ACC * L
-    NA = ACC // P  # accumulators per (row, token) in one pass
     vf = _vt(F32, L)
 
     def cg(context, builder, sig, args):
@@ -166,15 +175,15 @@ def _tile(typingctx, isa, w, wp, xp, x, y, r0, q, t0, t_end):
         return None
     if not all(a.dtype == types.float32 for a in (xp, x, y)):
         return None
-    RT, TT, P = TILE[level]
+    RT, TT = TILE[level]
     return (types.void(isa, w, wp, xp, x, y, types.int64, types.int64, types.int64, types.int64),
-            _tile_codegen(level, w.dtype == types.int16, RT, TT, P))
+            _tile_codegen(level, w.dtype == types.int16, RT, TT))
 
 
 @intrinsic
 def tile_shape(typingctx, isa):
     """(rows, tokens) of the level's register tile, as compile-time constants."""
-    RT, TT, _ = TILE[_level(isa)]
+    RT, TT = TILE[_level(isa)]
 
     def cg(context, builder, sig, args):
         return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, RT), ir.Constant(I64, TT)])
