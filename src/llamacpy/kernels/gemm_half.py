@@ -220,14 +220,18 @@ def pack_tokens(isa, x, tb, te, xp):
         L = lanes(isa)  # inside the parallel body: a compile-time constant there (see dense_simd's doc)
         nsteps = x.shape[1] // (ACC * L)
         nv = x.shape[1] // L
+        xq = xp[q]  # (nv * L * TT,)
         for t in range(TT):
-            src = min(tb + q * TT + t, te - 1)
-            for v in range(nv):
-                s, j = v // ACC, v % ACC
-                u = j * nsteps + s if s < nsteps else v
-                o = (u * TT + t) * L
+            xr = x[min(tb + q * TT + t, te - 1)]  # (n_in,)
+            for s in range(nsteps):
+                for j in range(ACC):
+                    o = ((j * nsteps + s) * TT + t) * L
+                    k = (s * ACC + j) * L
+                    for l in range(L):
+                        xq[o + l] = xr[k + l]
+            for v in range(nsteps * ACC, nv):
                 for l in range(L):
-                    xp[q, o + l] = x[src, v * L + l]
+                    xq[(v * TT + t) * L + l] = xr[v * L + l]
 
 
 @intrinsic
@@ -275,13 +279,21 @@ def pack_rows(isa, w, r0, wp):
     L = lanes(isa)
     n_out, n_in = w.shape
     nsteps = n_in // (ACC * L)
-    for v in range(n_in // L):
-        s, j = v // ACC, v % ACC
-        u = j * nsteps + s if s < nsteps else v
+    nv = n_in // L
+    last = n_out - 1
+    for s in range(nsteps):
+        for j in range(ACC):
+            o = (j * nsteps + s) * RT * L
+            k = (s * ACC + j) * L
+            for i in range(RT):
+                src = min(r0 + i, last)
+                for l in range(L):
+                    wp[o + i * L + l] = w[src, k + l]
+    for v in range(nsteps * ACC, nv):
         for i in range(RT):
-            src = min(r0 + i, n_out - 1)
+            src = min(r0 + i, last)
             for l in range(L):
-                wp[(u * RT + i) * L + l] = w[src, v * L + l]
+                wp[(v * RT + i) * L + l] = w[src, v * L + l]
 
 
 @nb.njit(**PJIT)
