@@ -14,7 +14,8 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
         where the type has one (same repacked weights and activations; bit-exact with the decode kernel), else
         the decode kernels DECODE_MAX rows a call (Linear.prompt_by_decode: both faster at every batch size
-        measured than the f32 path); for the others, the same rounded
+        measured than the f32 path); F16/BF16 at the SIMD levels on gemm_half.py's register-tiled GEMM
+        (the decode kernel's weights read in place, bit-exact with it); for the others, the same rounded
         activations in f32 times f32 weight tiles of ~TILE_BYTES dequantized in numba, multiplied by numpy's
         sgemm (measured faster than their generic integer kernels).
 Memory: a repacked tensor no longer needs its mmap pages; they are dropped from the resident set with
@@ -38,7 +39,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import dense, dense_simd, dequant, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, repack_cache, simd
+from . import (dense, dense_simd, dequant, gemm_half, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8,
+               repack_cache, simd)
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -378,6 +380,24 @@ class LinearHalf(Linear):
         super().__init__(*a)
         self.w16 = np.asarray(self.raw).view(np.uint16).reshape(self.n_out, self.n_in)  # (n_out, n_in)
         self.kind = dense.KIND_F16 if self.ggml_type == F16 else dense.KIND_BF16
+        # prompts on gemm_half.gemm_half (bit-exact with the decode kernel, so prompt rows are independent of
+        # the batch: model.prompt_split_exact) at the levels it has. Measured against the f32-tile + sgemm path
+        # (Linear._prompt) and the decode kernel 8 rows a call, F16, one thread, avx512vnni, GFLOP/s gemm / sgemm
+        # / decode: 2048x2048 pp16 48 / 25 / 31, pp64 77 / 51 / 32, pp512 79 / 80 / 33; 256x2048 53 / 26 / 44,
+        # 78 / 39 / 41, 83 / 50 / 41; 5632x2048 51 / 26 / 34, 81 / 57 / 32, 94 / 89 / 32; 2048x5632 53 / 27 /
+        # 30, 80 / 54 / 29, 90 / 79 / 28 (two threads on the shared VM: the GEMM ahead everywhere, noisier)
+        self.prompt_by_decode = (uses_simd(self.ggml_type) and isa.level() in gemm_half.LEVELS
+                                 and self.w16.flags.c_contiguous)
+
+    def _prompt_simd(self, x, out):
+        """A prompt (n_tokens > DECODE_MAX) on the register-tiled GEMM, every (row, token) equal to mv_half's."""
+        w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
+        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
+        xr = np.empty(x.shape, np.float32)  # (n, n_in): common.f16_round / bf16_round's bits, compiled
+        gemm_half.round_activations(x, self.kind == dense.KIND_BF16, xr)
+        gemm_half.gemm_half(simd.token(isa.level()), w, xr, y)
+        if y is not out:
+            out[...] = y
 
     def _round_activations(self, x):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
