@@ -22,6 +22,7 @@ from numba.extending import intrinsic as _intrinsic
 from llvmlite import ir as _ir
 
 from .common import f16_bits_to_f32, f32_round_f16
+from .vexp import exp_f32, silu_f32
 
 KV_BLOCK_SHIFT = 5
 KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
@@ -135,22 +136,36 @@ def _softmax_causal_f16(s, m, first, scale):
     rows, n_kv = s.shape
     for i in nb.prange(rows):
         lim = min(n_kv, first + i % m + 1)
-        mx = -np.inf
-        for j in range(lim):
-            v = s[i, j] * scale
-            s[i, j] = v
-            if v > mx:
-                mx = v
-        tot = np.float32(0.0)
-        for j in range(lim):
-            e = np.float32(math.exp(s[i, j] - mx))
-            s[i, j] = e
-            tot += e
-        inv = np.float32(1.0) / tot
-        for j in range(lim):
-            s[i, j] = f32_round_f16(s[i, j] * inv)
-        for j in range(lim, n_kv):
-            s[i, j] = 0.0
+        _softmax_f16_row(s[i], lim, scale)
+
+
+@nb.njit(**_JIT)
+def _softmax_f16_row(x, lim, scale):
+    """x[:lim] = f16(softmax(x[:lim] * scale)), x[lim:] = 0, in three vectorized passes (scale + max,
+    exp + sum, normalize + f16 rounding).  x: (n_kv,) contiguous"""
+    mx = np.float32(-np.inf)
+    for j in range(lim):
+        v = x[j] * scale
+        x[j] = v
+        mx = max(mx, v)
+    tot = _exp_sub_sum(x, lim, mx)
+    inv = np.float32(1.0) / tot
+    for j in range(lim):
+        x[j] = f32_round_f16(x[j] * inv)
+    for j in range(lim, x.shape[0]):
+        x[j] = 0.0
+
+
+@nb.njit(**_JIT)
+def _exp_sub_sum(x, lim, mx):
+    """x[:lim] = exp(x[:lim] - mx); returns their float32 sum (every softmax's exp pass: one code for all)."""
+    mx = np.float32(mx)
+    tot = np.float32(0.0)
+    for j in range(lim):
+        e = exp_f32(x[j] - mx)
+        x[j] = e
+        tot += e
+    return tot
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -182,12 +197,7 @@ def attention_loops(q, k_cache, v_cache, start, n_head, scale, out):
             scores[j] = s
             if s > mx:
                 mx = s
-        tot = np.float32(0.0)
-        for j in range(n_kv):
-            e = np.float32(math.exp(scores[j] - mx))
-            scores[j] = e
-            tot += e
-        inv = np.float32(1.0) / tot
+        inv = np.float32(1.0) / _exp_sub_sum(scores, n_kv, mx)
         ooff = h * dv
         for i in range(dv):
             out[t, ooff + i] = 0.0
@@ -223,8 +233,7 @@ def swiglu(g, u, out):
     n, d = g.shape
     for t in range(n):
         for i in range(d):
-            x = g[t, i]
-            out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
+            out[t, i] = silu_f32(g[t, i]) * u[t, i]
 
 
 @nb.njit(**_JIT)
@@ -318,12 +327,7 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
                     mx[a] = s
         inv = np.empty(hc, dtype=np.float32)
         for a in range(hc):
-            tot = np.float32(0.0)
-            for j in range(n_kv):
-                e = np.float32(math.exp(scores[a, j] - mx[a]))
-                scores[a, j] = e
-                tot += e
-            inv[a] = np.float32(1.0) / tot
+            inv[a] = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, mx[a])
         acc = np.zeros((hc, dv), dtype=np.float32)
         for j in range(n_kv):
             blk = table[s_id, j >> KV_BLOCK_SHIFT]
