@@ -42,8 +42,10 @@ def main() -> None:
     a = ap.parse_args()
     m = LlamaModel.load(a.model, n_ctx=a.p, n_threads=a.t)
     set_num_threads(a.t)
-    # attention_blas looks _softmax_causal_f16 up as a module global: wrapping it in ops times it inside
-    for owner, name, label in [(ops, "attention", "attention (prompt, all)"), (ops, "_softmax_causal_f16", "  softmax"),
+    # attention_blas's jobs look _softmax_causal_f16 up as a module global: wrapping it in ops times it inside
+    # (summed over the worker threads: with t threads up to t x its wall share)
+    for owner, name, label in [(ops, "attention", "attention (prompt, all)"),
+                               (ops, "_softmax_causal_f16", "  softmax (thread-sum)"),
                                (KVCache, "gather", "kv gather (prompt)"), (ops, "attention_paged", "attention_paged"),
                                (ops, "swiglu", "swiglu"), (ops, "rms_norm", "rms_norm"),
                                (ops, "rope_inplace", "rope"), (ops, "add_inplace", "add")]:

@@ -23,6 +23,7 @@ from llvmlite import ir as _ir
 
 from .common import f16_bits_to_f32, f32_round_f16
 from .vexp import exp_f32, silu_f32
+from .workers import run_jobs
 
 KV_BLOCK_SHIFT = 5
 KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
@@ -105,8 +106,9 @@ def attention(q, k_cache, v_cache, start, n_head, scale, out):
 def attention_blas(q, k_cache, v_cache, start, n_head, scale, out, q_chunk: int = 256):
     """attention() for prompt batches: per KV head, S = f16(Q) K^T (sgemm), then scale, causal mask, softmax and
     f16 rounding of P in one numba pass, then O = P V (sgemm). Queries go in chunks of q_chunk tokens to bound
-    the (group*chunk, n_kv) score buffer."""
-    from .linear import matmul_t
+    the (group*chunk, n_kv) score buffer. Each (chunk, KV head) is one job on workers.run_jobs (sgemms on one
+    BLAS thread, the serial softmax): the same calls whatever thread runs them, so the same bits."""
+    from .linear import _blas
 
     n = q.shape[0]
     n_head_kv, _, dk = k_cache.shape
@@ -114,27 +116,35 @@ def attention_blas(q, k_cache, v_cache, start, n_head, scale, out, q_chunk: int 
     group = n_head // n_head_kv
     qh = q.reshape(n, n_head, dk).astype(np.float16).astype(np.float32)  # (n, n_head, dk)
     o = out.reshape(n, n_head, dv)
-    for c0 in range(0, n, q_chunk):
+    scale = np.float32(scale)
+    n_chunks = -(-n // q_chunk)
+
+    def job(i):
+        c0 = (i // n_head_kv) * q_chunk
+        kvh = i % n_head_kv
         c1 = min(n, c0 + q_chunk)
         m = c1 - c0
         n_kv = start + c1
+        h0 = kvh * group
+        qg = np.ascontiguousarray(qh[c0:c1, h0:h0 + group].transpose(1, 0, 2)).reshape(group * m, dk)
         s = np.empty((group * m, n_kv), np.float32)
+        np.matmul(qg, k_cache[kvh, :n_kv].T, out=s)  # (group*m, n_kv)
+        _softmax_causal_f16(s, m, start + c0, scale)
         og = np.empty((group * m, dv), np.float32)
-        for kvh in range(n_head_kv):
-            h0 = kvh * group
-            qg = np.ascontiguousarray(qh[c0:c1, h0:h0 + group].transpose(1, 0, 2)).reshape(group * m, dk)
-            matmul_t(qg, k_cache[kvh, :n_kv], s)  # (group*m, n_kv)
-            _softmax_causal_f16(s, m, start + c0, np.float32(scale))
-            matmul_t(s, v_cache[kvh, :n_kv].T, og)  # (group*m, dv)
-            o[c0:c1, h0:h0 + group] = og.reshape(group, m, dv).transpose(1, 0, 2)
+        np.matmul(s, v_cache[kvh, :n_kv], out=og)  # (group*m, dv)
+        o[c0:c1, h0:h0 + group] = og.reshape(group, m, dv).transpose(1, 0, 2)
+
+    _blas(1)
+    run_jobs(job, n_chunks * n_head_kv, nb.get_num_threads())
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT)
 def _softmax_causal_f16(s, m, first, scale):
     """Row i of s holds scores of query token i % m (cell first + i % m): scale, mask keys after that cell,
-    softmax, round to f16 (llama.cpp's KQV product takes P as f16); masked entries become 0.  s: (rows, n_kv)"""
+    softmax, round to f16 (llama.cpp's KQV product takes P as f16); masked entries become 0.  s: (rows, n_kv)
+    Serial: attention_blas runs it inside its per-KV-head jobs."""
     rows, n_kv = s.shape
-    for i in nb.prange(rows):
+    for i in range(rows):
         lim = min(n_kv, first + i % m + 1)
         _softmax_f16_row(s[i], lim, scale)
 
