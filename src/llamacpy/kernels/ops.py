@@ -151,14 +151,12 @@ def _softmax_causal_f16(s, m, first, scale):
 
 @nb.njit(**_JIT)
 def _softmax_f16_row(x, lim, scale):
-    """x[:lim] = f16(softmax(x[:lim] * scale)), x[lim:] = 0, in three vectorized passes (scale + max,
-    exp + sum, normalize + f16 rounding).  x: (n_kv,) contiguous"""
+    """x[:lim] = f16(softmax(x[:lim] * scale)), x[lim:] = 0, in three vectorized passes: max, exp + sum (the
+    scaling folded in), normalize + f16 rounding.  x: (n_kv,) contiguous; scale > 0"""
     mx = np.float32(-np.inf)
     for j in range(lim):
-        v = x[j] * scale
-        x[j] = v
-        mx = max(mx, v)
-    tot = _exp_sub_sum(x, lim, mx)
+        mx = max(mx, x[j])
+    tot = _exp_sub_sum(x, lim, scale, mx * scale)  # max(x) * scale is max(x * scale): rounding is monotone
     inv = np.float32(1.0) / tot
     for j in range(lim):
         x[j] = f32_round_f16(x[j] * inv)
@@ -167,12 +165,14 @@ def _softmax_f16_row(x, lim, scale):
 
 
 @nb.njit(**_JIT)
-def _exp_sub_sum(x, lim, mx):
-    """x[:lim] = exp(x[:lim] - mx); returns their float32 sum (every softmax's exp pass: one code for all)."""
+def _exp_sub_sum(x, lim, scale, mx):
+    """x[:lim] = exp(x[:lim] * scale - mx); returns their float32 sum. Every softmax's exp pass (one code for
+    all; the kernels whose scores are already scaled pass scale = 1, an exact product)."""
+    scale = np.float32(scale)
     mx = np.float32(mx)
     tot = np.float32(0.0)
     for j in range(lim):
-        e = exp_f32(x[j] - mx)
+        e = exp_f32(x[j] * scale - mx)
         x[j] = e
         tot += e
     return tot
@@ -207,7 +207,7 @@ def attention_loops(q, k_cache, v_cache, start, n_head, scale, out):
             scores[j] = s
             if s > mx:
                 mx = s
-        inv = np.float32(1.0) / _exp_sub_sum(scores, n_kv, mx)
+        inv = np.float32(1.0) / _exp_sub_sum(scores, n_kv, 1.0, mx)
         ooff = h * dv
         for i in range(dv):
             out[t, ooff + i] = 0.0
@@ -337,7 +337,7 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
                     mx[a] = s
         inv = np.empty(hc, dtype=np.float32)
         for a in range(hc):
-            inv[a] = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, mx[a])
+            inv[a] = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, 1.0, mx[a])
         acc = np.zeros((hc, dv), dtype=np.float32)
         for j in range(n_kv):
             blk = table[s_id, j >> KV_BLOCK_SHIFT]
