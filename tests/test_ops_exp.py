@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llamacpy.kernels import ops
-from llamacpy.kernels.vexp import exp_f32, silu_f32
+from llamacpy.kernels.vexp import exp_f32, max_f32, silu_f32
 
 
 @nb.njit(cache=True, fastmath=True)
@@ -152,3 +152,21 @@ def test_softmax_with_inf_scores():
     assert s[0, 0] == 0.0 and s[0, 2] == 0.0 and not np.isnan(s).any()
     np.testing.assert_allclose(s[0, [1, 3]], [1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))], rtol=2 ** -10)
     assert s[1, 0] == 1.0 and np.all(s[1, 1:] == 0.0)
+
+
+@nb.njit(cache=True, fastmath=True)
+def _max_loop(x, n):
+    mx = np.float32(-np.inf)
+    for j in range(n):
+        mx = max_f32(mx, x[j])
+    return mx
+
+
+def test_max_f32_reduction_exact():
+    """The vectorized max reduction finds the exact maximum for every length (lanes and remainder alike)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(200).astype(np.float32)
+    x[[5, 77]] = -np.inf
+    for n in range(1, 200):
+        assert _max_loop(x, n) == x[:n].max()
+    assert _max_loop(np.full(3, -np.inf, np.float32), 3) == -np.inf

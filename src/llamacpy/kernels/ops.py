@@ -22,7 +22,7 @@ from numba.extending import intrinsic as _intrinsic
 from llvmlite import ir as _ir
 
 from .common import f16_bits_to_f32, f32_round_f16
-from .vexp import exp_f32, silu_f32
+from .vexp import exp_f32, max_f32, silu_f32
 from .workers import run_jobs
 
 KV_BLOCK_SHIFT = 5
@@ -114,8 +114,6 @@ def attention_blas(q, k_cache, v_cache, start, n_head, scale, out, q_chunk: int 
     n_head_kv, _, dk = k_cache.shape
     dv = v_cache.shape[2]
     group = n_head // n_head_kv
-    qh = q.reshape(n, n_head, dk).astype(np.float16).astype(np.float32)  # (n, n_head, dk)
-    o = out.reshape(n, n_head, dv)
     scale = np.float32(scale)
     n_chunks = -(-n // q_chunk)
 
@@ -126,16 +124,37 @@ def attention_blas(q, k_cache, v_cache, start, n_head, scale, out, q_chunk: int 
         m = c1 - c0
         n_kv = start + c1
         h0 = kvh * group
-        qg = np.ascontiguousarray(qh[c0:c1, h0:h0 + group].transpose(1, 0, 2)).reshape(group * m, dk)
+        qg = np.empty((group * m, dk), np.float32)
+        _q_heads_f16(q, c0, m, h0, group, qg)  # (group*m, dk): f16-rounded, head-major
         s = np.empty((group * m, n_kv), np.float32)
         np.matmul(qg, k_cache[kvh, :n_kv].T, out=s)  # (group*m, n_kv)
         _softmax_causal_f16(s, m, start + c0, scale)
         og = np.empty((group * m, dv), np.float32)
         np.matmul(s, v_cache[kvh, :n_kv], out=og)  # (group*m, dv)
-        o[c0:c1, h0:h0 + group] = og.reshape(group, m, dv).transpose(1, 0, 2)
+        _o_heads(og, c0, m, h0, group, out)
 
     _blas(1)
     run_jobs(job, n_chunks * n_head_kv, nb.get_num_threads())
+
+
+@nb.njit(**_JIT)
+def _q_heads_f16(q, c0, m, h0, group, qg):
+    """qg[a*m + t] = f16(q[c0 + t, head h0 + a]) for a < group, t < m.  q: (n, n_head*dk); qg: (group*m, dk)"""
+    dk = qg.shape[1]
+    for a in range(group):
+        for t in range(m):
+            for i in range(dk):
+                qg[a * m + t, i] = f32_round_f16(q[c0 + t, (h0 + a) * dk + i])
+
+
+@nb.njit(**_JIT)
+def _o_heads(og, c0, m, h0, group, out):
+    """out[c0 + t, head h0 + a] = og[a*m + t]: the inverse of _q_heads_f16's layout.  og: (group*m, dv)"""
+    dv = og.shape[1]
+    for a in range(group):
+        for t in range(m):
+            for i in range(dv):
+                out[c0 + t, (h0 + a) * dv + i] = og[a * m + t, i]
 
 
 @nb.njit(**_JIT)
@@ -155,7 +174,7 @@ def _softmax_f16_row(x, lim, scale):
     scaling folded in), normalize + f16 rounding.  x: (n_kv,) contiguous; scale > 0"""
     mx = np.float32(-np.inf)
     for j in range(lim):
-        mx = max(mx, x[j])
+        mx = max_f32(mx, x[j])
     tot = _exp_sub_sum(x, lim, scale, mx * scale)  # max(x) * scale is max(x * scale): rounding is monotone
     inv = np.float32(1.0) / tot
     for j in range(lim):

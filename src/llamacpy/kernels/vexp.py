@@ -1,5 +1,6 @@
 """A float32 exp (and SiLU) in plain arithmetic that LLVM vectorizes inside numba loops (zmm/ymm), for the
-softmaxes of every attention kernel and for SwiGLU. Scalar `math.exp` is a libm call per element.
+softmaxes of every attention kernel and for SwiGLU (scalar `math.exp` is a libm call per element); and max_f32,
+a max whose reductions vectorize (numba's max() is a compare + select that LLVM keeps scalar: 5x slower).
 
 exp_f32(x): n = rint(x log2 e); r = x - n ln2 (ln2 split in a 16-bit head, exact times n, and a tail);
 exp(r) on |r| <= ln2/2 by a degree-6 polynomial (coefficients fitted here to the relative error, Lawson
@@ -15,7 +16,7 @@ functions (not inline='always', which would give their arithmetic the caller's f
 them into the caller's loop. Element results do not depend on whether a lane is in a vector or in the scalar
 remainder loop (tested bit for bit).
 
-Owns: exp_f32, silu_f32. Must not: hold loops over arrays (the kernels in ops.py do).
+Owns: exp_f32, silu_f32, max_f32. Must not: hold loops over arrays (the kernels in ops.py do).
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def _pow2(typingctx, n):
         k = builder.fptosi(args[0], i32)
         bits = builder.shl(builder.add(k, _ir.Constant(i32, 127)), _ir.Constant(i32, 23))
         return builder.bitcast(bits, _ir.FloatType())
+
+    return sig, codegen
+
+
+@_intrinsic
+def max_f32(typingctx, a, b):
+    """The larger of two float32 (llvm.maxnum: a NaN operand yields the other; vmaxps in vectorized reductions).
+    A max is exact, so a vectorized max reduction gives the same value as the scalar loop."""
+    sig = _types.float32(_types.float32, _types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = _ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [f32], _ir.FunctionType(f32, [f32, f32]))
+        return builder.call(fn, list(args))
 
     return sig, codegen
 
