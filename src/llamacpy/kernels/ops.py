@@ -372,16 +372,25 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
                 out[t, (h0 + a) * dv + i] = acc[a, i]
 
 
-@nb.njit(parallel=True, **_JIT)
 def gather_kv(pool, table_row, n, out):
-    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d)."""
-    _, n_head_kv, _, d = pool.shape
-    for h in nb.prange(n_head_kv):
-        for j in range(n):
-            blk = table_row[j >> KV_BLOCK_SHIFT]
-            off = j & (KV_BLOCK - 1)
-            for i in range(d):
-                out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
+    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d).
+    One job per KV head on workers.run_jobs (no OpenMP region between the prompt attention's BLAS calls), all in
+    the calling thread below GATHER_MT_CELLS values (~1 ns each: less work than a hand-over between threads)."""
+    n_threads = 1 if n * pool.shape[1] * pool.shape[3] < GATHER_MT_CELLS else nb.get_num_threads()
+    run_jobs(lambda h: _gather_kv_head(pool, table_row, n, h, out), pool.shape[1], n_threads)
+
+
+GATHER_MT_CELLS = 1 << 22
+
+
+@nb.njit(**_JIT)
+def _gather_kv_head(pool, table_row, n, h, out):
+    d = pool.shape[3]
+    for j in range(n):
+        blk = table_row[j >> KV_BLOCK_SHIFT]
+        off = j & (KV_BLOCK - 1)
+        for i in range(d):
+            out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
 
 
 @nb.njit(**_JIT)
