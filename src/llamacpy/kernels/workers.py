@@ -33,10 +33,8 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size < n:
-            old = _pool
+            # a smaller pool is not shut down: another caller may be submitting to it; its idle threads stay
             _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="llamacpy-job"), n
-            if old is not None:
-                old.shutdown(wait=False)
         return _pool
 
 
