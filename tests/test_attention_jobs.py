@@ -58,3 +58,17 @@ def test_gather_kv_threaded_equals_conversion(two_threads, monkeypatch):
         out = np.full((n_head_kv, n, d), np.nan, np.float32)
         ops.gather_kv(pool, table_row, n, out)
         np.testing.assert_array_equal(out, want)
+
+
+def test_swiglu_split_over_threads_same_bits(two_threads, monkeypatch):
+    rng = np.random.default_rng(6)
+    g = (rng.standard_normal((9, 40)) * 5).astype(np.float32)
+    u = rng.standard_normal((9, 40)).astype(np.float32)
+    outs = []
+    for values in (1 << 30, 0):  # in the calling thread; in row ranges on two threads
+        monkeypatch.setattr(ops, "SWIGLU_MT_VALUES", values)
+        out = np.full_like(g, np.nan)
+        ops.swiglu(g, u, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.isnan(outs[0]).any()
