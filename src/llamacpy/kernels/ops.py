@@ -22,6 +22,8 @@ from numba.extending import intrinsic as _intrinsic
 from llvmlite import ir as _ir
 
 from .common import f16_bits_to_f32, f32_round_f16
+from .vexp import exp_f32, max_f32, silu_f32
+from .workers import run_jobs
 
 KV_BLOCK_SHIFT = 5
 KV_BLOCK = 1 << KV_BLOCK_SHIFT  # cells per KV cache block
@@ -104,53 +106,95 @@ def attention(q, k_cache, v_cache, start, n_head, scale, out):
 def attention_blas(q, k_cache, v_cache, start, n_head, scale, out, q_chunk: int = 256):
     """attention() for prompt batches: per KV head, S = f16(Q) K^T (sgemm), then scale, causal mask, softmax and
     f16 rounding of P in one numba pass, then O = P V (sgemm). Queries go in chunks of q_chunk tokens to bound
-    the (group*chunk, n_kv) score buffer."""
-    from .linear import matmul_t
+    the (group*chunk, n_kv) score buffer. Each (chunk, KV head) is one job on workers.run_jobs (sgemms on one
+    BLAS thread, the serial softmax): the same calls whatever thread runs them, so the same bits."""
+    from .linear import _blas
 
     n = q.shape[0]
     n_head_kv, _, dk = k_cache.shape
     dv = v_cache.shape[2]
     group = n_head // n_head_kv
-    qh = q.reshape(n, n_head, dk).astype(np.float16).astype(np.float32)  # (n, n_head, dk)
-    o = out.reshape(n, n_head, dv)
-    for c0 in range(0, n, q_chunk):
+    scale = np.float32(scale)
+    n_chunks = -(-n // q_chunk)
+
+    def job(i):
+        c0 = (i // n_head_kv) * q_chunk
+        kvh = i % n_head_kv
         c1 = min(n, c0 + q_chunk)
         m = c1 - c0
         n_kv = start + c1
+        h0 = kvh * group
+        qg = np.empty((group * m, dk), np.float32)
+        _q_heads_f16(q, c0, m, h0, group, qg)  # (group*m, dk): f16-rounded, head-major
         s = np.empty((group * m, n_kv), np.float32)
+        np.matmul(qg, k_cache[kvh, :n_kv].T, out=s)  # (group*m, n_kv)
+        _softmax_causal_f16(s, m, start + c0, scale)
         og = np.empty((group * m, dv), np.float32)
-        for kvh in range(n_head_kv):
-            h0 = kvh * group
-            qg = np.ascontiguousarray(qh[c0:c1, h0:h0 + group].transpose(1, 0, 2)).reshape(group * m, dk)
-            matmul_t(qg, k_cache[kvh, :n_kv], s)  # (group*m, n_kv)
-            _softmax_causal_f16(s, m, start + c0, np.float32(scale))
-            matmul_t(s, v_cache[kvh, :n_kv].T, og)  # (group*m, dv)
-            o[c0:c1, h0:h0 + group] = og.reshape(group, m, dv).transpose(1, 0, 2)
+        np.matmul(s, v_cache[kvh, :n_kv], out=og)  # (group*m, dv)
+        _o_heads(og, c0, m, h0, group, out)
+
+    _blas(1)
+    run_jobs(job, n_chunks * n_head_kv, nb.get_num_threads())
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT)
+def _q_heads_f16(q, c0, m, h0, group, qg):
+    """qg[a*m + t] = f16(q[c0 + t, head h0 + a]) for a < group, t < m.  q: (n, n_head*dk); qg: (group*m, dk)"""
+    dk = qg.shape[1]
+    for a in range(group):
+        for t in range(m):
+            for i in range(dk):
+                qg[a * m + t, i] = f32_round_f16(q[c0 + t, (h0 + a) * dk + i])
+
+
+@nb.njit(**_JIT)
+def _o_heads(og, c0, m, h0, group, out):
+    """out[c0 + t, head h0 + a] = og[a*m + t]: the inverse of _q_heads_f16's layout.  og: (group*m, dv)"""
+    dv = og.shape[1]
+    for a in range(group):
+        for t in range(m):
+            for i in range(dv):
+                out[c0 + t, (h0 + a) * dv + i] = og[a * m + t, i]
+
+
+@nb.njit(**_JIT)
 def _softmax_causal_f16(s, m, first, scale):
     """Row i of s holds scores of query token i % m (cell first + i % m): scale, mask keys after that cell,
-    softmax, round to f16 (llama.cpp's KQV product takes P as f16); masked entries become 0.  s: (rows, n_kv)"""
+    softmax, round to f16 (llama.cpp's KQV product takes P as f16); masked entries become 0.  s: (rows, n_kv)
+    Serial: attention_blas runs it inside its per-KV-head jobs."""
     rows, n_kv = s.shape
-    for i in nb.prange(rows):
+    for i in range(rows):
         lim = min(n_kv, first + i % m + 1)
-        mx = -np.inf
-        for j in range(lim):
-            v = s[i, j] * scale
-            s[i, j] = v
-            if v > mx:
-                mx = v
-        tot = np.float32(0.0)
-        for j in range(lim):
-            e = np.float32(math.exp(s[i, j] - mx))
-            s[i, j] = e
-            tot += e
-        inv = np.float32(1.0) / tot
-        for j in range(lim):
-            s[i, j] = f32_round_f16(s[i, j] * inv)
-        for j in range(lim, n_kv):
-            s[i, j] = 0.0
+        _softmax_f16_row(s[i], lim, scale)
+
+
+@nb.njit(**_JIT)
+def _softmax_f16_row(x, lim, scale):
+    """x[:lim] = f16(softmax(x[:lim] * scale)), x[lim:] = 0, in three vectorized passes: max, exp + sum (the
+    scaling folded in), normalize + f16 rounding.  x: (n_kv,) contiguous; scale > 0"""
+    mx = np.float32(-np.inf)
+    for j in range(lim):
+        mx = max_f32(mx, x[j])
+    tot = _exp_sub_sum(x, lim, scale, mx * scale)  # max(x) * scale is max(x * scale): rounding is monotone
+    inv = np.float32(1.0) / tot
+    for j in range(lim):
+        x[j] = f32_round_f16(x[j] * inv)
+    for j in range(lim, x.shape[0]):
+        x[j] = 0.0
+
+
+@nb.njit(**_JIT)
+def _exp_sub_sum(x, lim, scale, mx):
+    """x[:lim] = exp(x[:lim] * scale - mx); returns their float32 sum. Every softmax's exp pass (one code for
+    all; the kernels whose scores are already scaled pass scale = 1, an exact product)."""
+    scale = np.float32(scale)
+    mx = np.float32(mx)
+    tot = np.float32(0.0)
+    for j in range(lim):
+        e = exp_f32(x[j] * scale - mx)
+        x[j] = e
+        tot += e
+    return tot
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -182,12 +226,7 @@ def attention_loops(q, k_cache, v_cache, start, n_head, scale, out):
             scores[j] = s
             if s > mx:
                 mx = s
-        tot = np.float32(0.0)
-        for j in range(n_kv):
-            e = np.float32(math.exp(scores[j] - mx))
-            scores[j] = e
-            tot += e
-        inv = np.float32(1.0) / tot
+        inv = np.float32(1.0) / _exp_sub_sum(scores, n_kv, 1.0, mx)
         ooff = h * dv
         for i in range(dv):
             out[t, ooff + i] = 0.0
@@ -217,14 +256,26 @@ def _serial_twin(disp, name: str):
 _attention_loops_serial = _serial_twin(attention_loops, "_attention_loops_serial")
 
 
-@nb.njit(**_JIT)
 def swiglu(g, u, out):
-    """out = silu(g) * u.  all (n_tokens, n_ff)"""
+    """out = silu(g) * u.  all (n_tokens, n_ff). Prompt batches (from SWIGLU_MT_VALUES values) in row ranges on
+    workers.run_jobs; each value is computed alone, so the split does not change a bit."""
     n, d = g.shape
-    for t in range(n):
+    if n == 0:
+        return
+    nt = nb.get_num_threads() if n * d >= SWIGLU_MT_VALUES else 1
+    step = -(-n // nt)
+    run_jobs(lambda i: _swiglu_rows(g, u, out, i * step, min(n, (i + 1) * step)), -(-n // step), nt)
+
+
+SWIGLU_MT_VALUES = 1 << 20  # ~0.1 ns each: below this a hand-over between threads costs more than it saves
+
+
+@nb.njit(**_JIT)
+def _swiglu_rows(g, u, out, t0, t1):
+    d = g.shape[1]
+    for t in range(t0, t1):
         for i in range(d):
-            x = g[t, i]
-            out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
+            out[t, i] = silu_f32(g[t, i]) * u[t, i]
 
 
 @nb.njit(**_JIT)
@@ -318,12 +369,7 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
                     mx[a] = s
         inv = np.empty(hc, dtype=np.float32)
         for a in range(hc):
-            tot = np.float32(0.0)
-            for j in range(n_kv):
-                e = np.float32(math.exp(scores[a, j] - mx[a]))
-                scores[a, j] = e
-                tot += e
-            inv[a] = np.float32(1.0) / tot
+            inv[a] = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, 1.0, mx[a])
         acc = np.zeros((hc, dv), dtype=np.float32)
         for j in range(n_kv):
             blk = table[s_id, j >> KV_BLOCK_SHIFT]
@@ -339,16 +385,25 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
                 out[t, (h0 + a) * dv + i] = acc[a, i]
 
 
-@nb.njit(parallel=True, **_JIT)
 def gather_kv(pool, table_row, n, out):
-    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d)."""
-    _, n_head_kv, _, d = pool.shape
-    for h in nb.prange(n_head_kv):
-        for j in range(n):
-            blk = table_row[j >> KV_BLOCK_SHIFT]
-            off = j & (KV_BLOCK - 1)
-            for i in range(d):
-                out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
+    """The first n cells of one sequence as f32: out (n_head_kv, n, d) from pool (n_blocks, n_head_kv, B, d).
+    One job per KV head on workers.run_jobs (no OpenMP region between the prompt attention's BLAS calls), all in
+    the calling thread below GATHER_MT_CELLS values (~1 ns each: less work than a hand-over between threads)."""
+    n_threads = 1 if n * pool.shape[1] * pool.shape[3] < GATHER_MT_CELLS else nb.get_num_threads()
+    run_jobs(lambda h: _gather_kv_head(pool, table_row, n, h, out), pool.shape[1], n_threads)
+
+
+GATHER_MT_CELLS = 1 << 22
+
+
+@nb.njit(**_JIT)
+def _gather_kv_head(pool, table_row, n, h, out):
+    d = pool.shape[3]
+    for j in range(n):
+        blk = table_row[j >> KV_BLOCK_SHIFT]
+        off = j & (KV_BLOCK - 1)
+        for i in range(d):
+            out[h, j, i] = f16_bits_to_f32(pool[blk, h, off, i])
 
 
 @nb.njit(**_JIT)
