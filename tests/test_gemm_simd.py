@@ -127,9 +127,9 @@ def test_kquant_gemm_matches_decode_bitwise_and_reference(level, typ, n_out, n_i
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), (level, n)
 
 
-# -- decode batches (2..DECODE_MAX tokens) through the small tiles (gemm_simd.SMALL) ------------------------------
+# -- decode calls (1..DECODE_MAX tokens) through the small tiles (gemm_simd.SMALL) ------------------------------
 def _small_tiles(typ, level):
-    """The distinct tiles SMALL gives the type at the level, else (levels without a table) one spread 2x3."""
+    """The distinct tiles SMALL gives the type at the level (n = 1..8), else (levels without a table) a spread 2x3."""
     tiles = sorted(set(gemm_simd.SMALL.get(int(typ), {}).get(level, {}).values()))
     return tiles or [(2, 3, True)]
 
@@ -179,7 +179,7 @@ def test_small_tiles_all_shapes_bitwise(level, typ):
 
 @pytest.mark.parametrize("typ", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 def test_linear_decode_batches_independent_of_batch(typ):
-    """Through make_linear / fuse_linears on this process's level: every decode batch of 2..8 tokens (the small
+    """Through make_linear / fuse_linears on this process's level: every decode call of 1..8 tokens (the small
     tiles where the table has them) gives each token the bits of decoding it alone -- what keeps the server's
     batched steps exact."""
     rng = np.random.default_rng(11 + int(typ))

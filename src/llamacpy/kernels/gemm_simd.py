@@ -1,11 +1,12 @@
 """Register-tiled int8 GEMMs for the explicit-SIMD types, on the decode kernels' data: prompts (n_tokens >
-DECODE_MAX) and decode batches of 2..DECODE_MAX tokens (the server's step over its busy slots).
+DECODE_MAX) and decode calls of 1..DECODE_MAX tokens (one sequence's next token; the server's step over its busy
+slots).
 
 Owns: `GEMM` (ggml type -> kernel), `gemm_q4_0` / `gemm_q8_0` / `gemm_q4_k` / `gemm_q6_k(isa, tile, ...)` taking
 the decode kernels' arguments after a Tile token -- `mv_q4_0` / `mv_q8_0` (legacy_simd.py, Q8_0 activations)
 and `mv_q4_k` / `mv_q6_k` (kquants_simd.py, Q8_K): the same repacked weights, the same `prep`-ed activations,
 no second copy of anything; the tile micro-kernels they call; the tile tables (TILE / TILE_K: prompts; SMALL:
-decode batches, per token count) with `prompt_tile` / `small_tile`.
+decode calls, per token count) with `prompt_tile` / `small_tile`.
 
 A tile (a `tile(RT, TT, spread)` token: its numba type carries the shape, so each shape compiles and caches its
 own kernel) = RT rows x TT tokens whose RT*TT int32 and f32 accumulators live in registers: per group of
@@ -53,19 +54,20 @@ TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon"
 # 768 KiB 266/302 and 269/267
 BLOCK_BYTES = 768 << 10
 
-# Decode batches (2..8 tokens, linear.DECODE_MAX): the tile per type, level and token count n, for the GEMM
+# Decode calls (1..8 tokens, up to linear.DECODE_MAX): the tile per type, level and token count n, for the GEMM
 # to replace the decode kernel (which redoes the weight loads / nibble splits per token and shares no activation
-# load between rows); n absent: the decode kernel. "s" tiles spread their rows (tile rt holds rows rt + i * nrt):
-# each row slot then streams through memory in order -- measured from DRAM (1 thread, 5632x2048 matrices cycled
-# over 96 MiB, ms per call) a contiguous 2x2 tile took 0.82 at n=2 vs 0.31 spread (mv 0.38); from cache the
-# two are alike (software prefetch of the contiguous tiles' next rows, 2 or 8 tiles ahead, measured no gain).
-# Measured (same shapes, Q4_0 / Q8_0 / Q4_K / Q6_K, n = 1..8): benchmarks/RESULTS.md, "Decode batches through
-# GEMM tiles". Measured on avx512vnni only; the other levels keep the decode kernels.
-_S = lambda *t: {n: (rt, tt, True) for n, (rt, tt) in zip(range(2, 9), t)}
-SMALL = {Q4_0: {"avx512vnni": _S((2, 2), (2, 3), (2, 4), (2, 3), (2, 3), (2, 4), (2, 4))},
-         Q8_0: {"avx512vnni": _S((2, 2), (2, 3), (3, 4), (2, 3), (4, 3), (4, 3), (4, 3))},
-         Q4_K: {"avx512vnni": _S((2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2))},
-         Q6_K: {"avx512vnni": _S((2, 2), (2, 3), (2, 2), (2, 2), (2, 3), (2, 2), (2, 2))}}
+# load between rows); n absent: the decode kernel. All are "spread" tiles (tile rt holds rows rt + i * nrt): each
+# row slot then streams through memory in address order -- measured from DRAM (1 thread, 5632x2048 matrices
+# cycled over 96 MiB, ms per call) a contiguous 2x2 tile took 0.70 at n=2 vs 0.36 spread (mv 0.38), and even at
+# n=1 a 3-row spread tile (TT=1) beats the one-row decode kernel (Q4_0 0.23 vs 0.32, Q6_K 0.44 vs 0.64): more
+# independent streams per core. From cache the two orders are alike; software prefetch of the contiguous tiles'
+# next rows (2 or 8 tiles ahead) measured no gain. Tables (n = 1..8, per type): benchmarks/RESULTS.md, "Decode
+# batches through GEMM tiles". Measured on avx512vnni only; the other levels keep the decode kernels.
+_S = lambda *t: {n: (rt, tt, True) for n, (rt, tt) in enumerate(t, 1)}
+SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (2, 4), (3, 4))},
+         Q8_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (4, 3), (4, 3))},
+         Q4_K: {"avx512vnni": _S((2, 1), (2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2))},
+         Q6_K: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 2), (2, 2), (2, 2), (2, 4), (2, 2))}}
 
 
 # -- the tile token: a value whose numba type carries (RT, TT), as simd.Isa carries the level ------------------
@@ -95,7 +97,7 @@ def tile(rt: int, tt: int, spread: bool = False) -> Tile:
 
 
 def small_tile(typ: int, level: str, n: int):
-    """The decode-batch tile (see SMALL) for n tokens, or None where the decode kernel is the measured best."""
+    """The decode tile (see SMALL) for n tokens, or None where the decode kernel is the measured best."""
     t = SMALL.get(typ, {}).get(level, {}).get(n)
     return None if t is None else tile(*t)
 
