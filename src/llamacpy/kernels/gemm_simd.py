@@ -62,12 +62,17 @@ BLOCK_BYTES = 768 << 10
 # n=1 a 3-row spread tile (TT=1) beats the one-row decode kernel (Q4_0 0.23 vs 0.32, Q6_K 0.44 vs 0.64): more
 # independent streams per core. From cache the two orders are alike; software prefetch of the contiguous tiles'
 # next rows (2 or 8 tiles ahead) measured no gain. Tables (n = 1..8, per type): benchmarks/RESULTS.md, "Decode
-# batches through GEMM tiles". Measured on avx512vnni only; the other levels keep the decode kernels.
-_S = lambda *t: {n: (rt, tt, True) for n, (rt, tt) in enumerate(t, 1)}
-SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (2, 4), (3, 4))},
-         Q8_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (4, 3), (4, 3))},
-         Q4_K: {"avx512vnni": _S((2, 1), (2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2))},
-         Q6_K: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 2), (2, 2), (2, 2), (2, 4), (2, 2))}}
+# calls (1..8 tokens) through spread GEMM tiles" (None here: the decode kernel measured best). Measured on
+# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels.
+_S = lambda *t: {n: (tl[0], tl[1], True) for n, tl in enumerate(t, 1) if tl is not None}
+SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (2, 4), (3, 4)),
+                "avx2": _S((3, 1), (3, 1), (2, 3), (2, 4), None, (2, 3), (2, 4), (2, 4))},
+         Q8_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (4, 3), (4, 3)),
+                "avx2": _S((2, 1), (2, 1), (3, 1), (2, 2), None, (2, 2), (3, 1), (2, 2))},
+         Q4_K: {"avx512vnni": _S((2, 1), (2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2)),
+                "avx2": _S((2, 1), (2, 2), (3, 3), (2, 2), (2, 2), (2, 2), (2, 2), (2, 2))},
+         Q6_K: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 2), (2, 2), (2, 2), (2, 4), (2, 2)),
+                "avx2": _S((3, 1), (2, 2), (3, 3), (2, 4), (3, 3), (3, 3), (3, 3), (3, 3))}}
 
 
 # -- the tile token: a value whose numba type carries (RT, TT), as simd.Isa carries the level ------------------
