@@ -69,7 +69,7 @@ def test_gemm_matches_decode_bitwise_and_reference(level, typ, n_out, n_in):
         qx, dx, _ = q8.quantize_q8_0(x)
         act = legacy_simd.prep(int(typ), level, qx, dx)
         y = np.full((n, n_out), np.nan, np.float32)
-        gemm_simd.GEMM[int(typ)](tok, *packed, *act, y)
+        gemm_simd.GEMM[int(typ)](tok, gemm_simd.prompt_tile(int(typ), level), *packed, *act, y)
         for step in (DECODE_MAX, 1):
             np.testing.assert_array_equal(y.view(np.uint32), _decode(typ, tok, packed, act, n, n_out, step)
                                           .view(np.uint32), err_msg=f"{level} n={n} step={step}")
@@ -119,9 +119,84 @@ def test_kquant_gemm_matches_decode_bitwise_and_reference(level, typ, n_out, n_i
         x[::3] = np.where(x[::3] > 0, 1.0, -1.0)  # every third token at the Q8_K extremes
         act = kquants_simd.prep(int(typ), level, *q8.quantize_q8_k(x)[:3])
         y = np.full((n, n_out), np.nan, np.float32)
-        gemm_simd.GEMM[int(typ)](tok, *packed, *act, y)
+        gemm_simd.GEMM[int(typ)](tok, gemm_simd.prompt_tile(int(typ), level), *packed, *act, y)
         for step in (DECODE_MAX, 1):
             np.testing.assert_array_equal(y.view(np.uint32), _decode(typ, tok, packed, act, n, n_out, step)
                                           .view(np.uint32), err_msg=f"{level} n={n} step={step}")
         ref = q8.fake_quant_q8_k(x).astype(np.float64) @ w.T
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), (level, n)
+
+
+# -- decode calls (1..DECODE_MAX tokens) through the small tiles (gemm_simd.SMALL) ------------------------------
+def _small_tiles(typ, level):
+    """The distinct tiles SMALL gives the type at the level (n = 1..8), else (levels without a table) a spread 2x3.
+    At the levels this process does not run, only those of n = 1 and 4 (fewer compilations in the default run;
+    test_small_tiles_all_shapes_bitwise, marked slow, covers every shape on every level)."""
+    tab = gemm_simd.SMALL.get(int(typ), {}).get(level, {})
+    if level != isa.level():
+        tab = {n: t for n, t in tab.items() if n in (1, 4)}
+    return sorted(set(tab.values())) or [(2, 3, True)]
+
+
+def _small_case(typ, level, n_out, n_in, tiles, ns, seed):
+    rng = np.random.default_rng(seed)
+    raw = random_blocks(int(typ), n_out, n_in, rng)
+    if typ in (T.Q4_0, T.Q8_0):
+        raw = _extreme(typ, raw, rng)
+    kq = typ >= 10
+    mod = kquants_simd if kq else legacy_simd
+    packed = mod.repack_rows(int(typ), raw, n_out, n_in, level)
+    tok = simd.token(level)
+    for n in ns:
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        x[::3] = np.where(x[::3] > 0, 1.0, -1.0)
+        act = mod.prep(int(typ), level, *(q8.quantize_q8_k(x)[:3] if kq else q8.quantize_q8_0(x)[:2]))
+        one = _decode(typ, tok, packed, act, n, n_out, 1).view(np.uint32)  # each token alone
+        for t in tiles:
+            y = np.full((n, n_out), np.nan, np.float32)
+            gemm_simd.GEMM[int(typ)](tok, gemm_simd.tile(*t), *packed, *act, y)
+            np.testing.assert_array_equal(y.view(np.uint32), one, err_msg=f"{level} tile {t} n={n}")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("typ", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_small_tiles_match_decode_bitwise(level, typ):
+    """Every tile the decode-batch table uses at the level (spread rows, partial row tiles: 37 and 5 rows; partial
+    token tiles: n not a multiple of TT) against the decode kernel on each token alone, bit for bit, n = 1..8."""
+    _need(level)
+    n_in = 768 if typ >= 10 else 96
+    for n_out in (37, 5):
+        _small_case(typ, level, n_out, n_in, _small_tiles(typ, level), range(1, DECODE_MAX + 1),
+                    n_out + int(typ))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("typ", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_small_tiles_all_shapes_bitwise(level, typ):
+    """Every small tile shape the benchmarks try, contiguous and spread, on every level (slow: ~20 compilations
+    per case)."""
+    _need(level)
+    tiles = [(rt, tt, sp) for rt in (1, 2, 3, 4) for tt in (1, 2, 3, 4) for sp in (False, True)]
+    _small_case(typ, level, 23, 768 if typ >= 10 else 2080, tiles, (1, 3, 4, 8), 7 + int(typ))
+
+
+@pytest.mark.parametrize("typ", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_linear_decode_batches_independent_of_batch(typ):
+    """Through make_linear / fuse_linears on this process's level: every decode call of 1..8 tokens (the small
+    tiles where the table has them) gives each token the bits of decoding it alone -- what keeps the server's
+    batched steps exact."""
+    rng = np.random.default_rng(11 + int(typ))
+    n_in = 512
+    lin = make_linear(int(typ), random_blocks(int(typ), 45, n_in, rng), (45, n_in), "lin")
+    f = fuse_linears([make_linear(int(typ), random_blocks(int(typ), m, n_in, rng), (m, n_in), f"p{m}")
+                      for m in (64, 37)])
+    x = rng.standard_normal((DECODE_MAX, n_in)).astype(np.float32)
+    alone = np.concatenate([lin(x[i:i + 1]) for i in range(DECODE_MAX)])
+    alone_f = np.concatenate([f(x[i:i + 1]) for i in range(DECODE_MAX)])
+    for n in range(2, DECODE_MAX + 1):
+        np.testing.assert_array_equal(lin(x[:n]), alone[:n], err_msg=f"n={n}")
+        np.testing.assert_array_equal(f(x[:n]), alone_f[:n], err_msg=f"fused n={n}")
+    strided = np.full((4, 2 * 45), np.nan, np.float32)[:, ::2]  # a caller's non-contiguous out= view
+    assert lin(x[:4], out=strided) is strided
+    np.testing.assert_array_equal(strided, alone[:4])

@@ -1,17 +1,24 @@
-"""Prompt GEMMs (n_tokens > DECODE_MAX) for the explicit-SIMD types, register-tiled, on the decode kernels' data.
+"""Register-tiled int8 GEMMs for the explicit-SIMD types, on the decode kernels' data: prompts (n_tokens >
+DECODE_MAX) and decode calls of 1..DECODE_MAX tokens (one sequence's next token; the server's step over its busy
+slots).
 
-Owns: `GEMM` (ggml type -> kernel), `gemm_q4_0` / `gemm_q8_0` / `gemm_q4_k` / `gemm_q6_k(isa, ...)` taking
-exactly the arguments of the decode kernels `mv_q4_0` / `mv_q8_0` (legacy_simd.py, Q8_0 activations) and
-`mv_q4_k` / `mv_q6_k` (kquants_simd.py, Q8_K): the same repacked weights, the same `prep`-ed activations, no
-second copy of anything; and the tile micro-kernels they call.
+Owns: `GEMM` (ggml type -> kernel), `gemm_q4_0` / `gemm_q8_0` / `gemm_q4_k` / `gemm_q6_k(isa, tile, ...)` taking
+the decode kernels' arguments after a Tile token -- `mv_q4_0` / `mv_q8_0` (legacy_simd.py, Q8_0 activations)
+and `mv_q4_k` / `mv_q6_k` (kquants_simd.py, Q8_K): the same repacked weights, the same `prep`-ed activations,
+no second copy of anything; the tile micro-kernels they call; the tile tables (TILE / TILE_K: prompts; SMALL:
+decode calls, per token count) with `prompt_tile` / `small_tile`.
 
-A tile is TILE[level] (TILE_K[type][level] for the k-quants) = (RT rows, TT tokens) whose RT*TT int32 and
-f32 accumulators live in registers: per group of width/4 blocks (chunks; Q6_K: per super-block), each weight
-vector is loaded (and nibble-split) once and dotted with the TT tokens' activation vectors, each activation
-vector once for the RT rows. The micro-kernel is one numba intrinsic whose loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the integer dot steps are
-simd.py's (`ir_dot_u8s8`, `ir_dot_s8s8b`). Parallel over row tiles (prange), tokens in tiles inside, in blocks
-of BLOCK_BYTES of activations so the activations being reused stay in L2. Remainders: a partial tile reads its last
-valid row / token again for the missing ones and stores only the valid results.
+A tile (a `tile(RT, TT, spread)` token: its numba type carries the shape, so each shape compiles and caches its
+own kernel) = RT rows x TT tokens whose RT*TT int32 and f32 accumulators live in registers: per group of
+width/4 blocks (chunks; Q6_K: per super-block), each weight vector is loaded (and nibble-split) once and dotted
+with the TT tokens' activation vectors, each activation vector once for the RT rows. The micro-kernel is one
+numba intrinsic whose loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the
+integer dot steps are simd.py's (`ir_dot_u8s8`, `ir_dot_s8s8b`). Parallel over row tiles (prange), tokens in
+tiles inside, in blocks of BLOCK_BYTES of activations so the activations being reused stay in L2. Row tile rt
+holds rows rt*RT + i, or with `spread` rows rt + i*nrt (nrt row tiles): then every row slot walks the matrix in
+address order, which the hardware prefetchers follow (decode batches read the weights from DRAM; see SMALL).
+Remainders: a partial tile reads its last valid row / token again for the missing ones and stores only the
+valid results.
 Bit-exact with the decode kernels, for every (row, token): the integer sums are exact (the same dot steps on
 the same bytes; int32 addition in any order gives the same sum), and the f32 part is the decode kernel's op for
 op -- per group acc = cvt(isum) * (d_w * d_x) + acc in the same group order, then simd.vhsum's pairwise
@@ -26,7 +33,7 @@ import numba as nb
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
 from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32
@@ -46,6 +53,82 @@ TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon"
 # bytes on that shape and on 2048x5632 (ffn_down): 128 KiB 256/261 and 267/249, 384 KiB 271/284 and 264/242,
 # 768 KiB 266/302 and 269/267
 BLOCK_BYTES = 768 << 10
+
+# Decode calls (1..8 tokens, up to linear.DECODE_MAX): the tile per type, level and token count n, for the GEMM
+# to replace the decode kernel (which redoes the weight loads / nibble splits per token and shares no activation
+# load between rows); n absent: the decode kernel. All are "spread" tiles (tile rt holds rows rt + i * nrt): each
+# row slot then streams through memory in address order -- measured from DRAM (1 thread, 5632x2048 matrices
+# cycled over 96 MiB, ms per call) a contiguous 2x2 tile took 0.70 at n=2 vs 0.36 spread (mv 0.38), and even at
+# n=1 a 3-row spread tile (TT=1) beats the one-row decode kernel (Q4_0 0.23 vs 0.32, Q6_K 0.44 vs 0.64): more
+# independent streams per core. From cache the two orders are alike; software prefetch of the contiguous tiles'
+# next rows (2 or 8 tiles ahead) measured no gain. Tables (n = 1..8, per type): benchmarks/RESULTS.md, "Decode
+# calls (1..8 tokens) through spread GEMM tiles" (None here: the decode kernel measured best). Measured on
+# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels.
+_S = lambda *t: {n: (tl[0], tl[1], True) for n, tl in enumerate(t, 1) if tl is not None}
+SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (2, 4), (3, 4)),
+                "avx2": _S((3, 1), (3, 1), (2, 3), (2, 4), None, (2, 3), (2, 4), (2, 4))},
+         Q8_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (4, 3), (4, 3)),
+                "avx2": _S((2, 1), (2, 1), (3, 1), (2, 2), None, (2, 2), (3, 1), (2, 2))},
+         Q4_K: {"avx512vnni": _S((2, 1), (2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2)),
+                "avx2": _S((2, 1), (2, 2), (3, 3), (2, 2), (2, 2), (2, 2), (2, 2), (2, 2))},
+         Q6_K: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 2), (2, 2), (2, 2), (2, 4), (2, 2)),
+                "avx2": _S((3, 1), (2, 2), (3, 3), (2, 4), (3, 3), (3, 3), (3, 3), (3, 3))}}
+
+
+# -- the tile token: a value whose numba type carries (RT, TT), as simd.Isa carries the level ------------------
+class Tile:
+    """(rows, tokens) of a register tile, passed to the GEMMs; each shape compiles (and caches) its own kernel."""
+
+    def __init__(self, rt: int, tt: int, spread: bool = False):
+        self.rt, self.tt, self.spread = rt, tt, spread
+
+    def __repr__(self):
+        return f"Tile({self.rt}, {self.tt}{', spread' if self.spread else ''})"
+
+
+class TileType(types.Type):
+    def __init__(self, rt: int, tt: int, spread: bool = False):
+        self.rt, self.tt, self.spread = rt, tt, spread
+        super().__init__(name=f"Tile({rt}x{tt}{'s' if spread else ''})")
+
+
+_TILES: dict = {}
+
+
+def tile(rt: int, tt: int, spread: bool = False) -> Tile:
+    """The (shared) token of a tile shape."""
+    k = (int(rt), int(tt), bool(spread))
+    return _TILES.setdefault(k, Tile(*k))
+
+
+def small_tile(typ: int, level: str, n: int):
+    """The decode tile (see SMALL) for n tokens, or None where the decode kernel is the measured best."""
+    t = SMALL.get(typ, {}).get(level, {}).get(n)
+    return None if t is None else tile(*t)
+
+
+def prompt_tile(typ: int, level: str) -> Tile:
+    """The prompt (large n) tile of a type at a level."""
+    return tile(*(TILE_K[typ][level] if typ in TILE_K else TILE[level]))
+
+
+@typeof_impl.register(Tile)
+def _typeof_tile(val, c):
+    return TileType(val.rt, val.tt, val.spread)
+
+
+register_model(TileType)(models.OpaqueModel)
+
+
+@unbox(TileType)
+def _unbox_tile(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+def _shape(t):
+    if not isinstance(t, TileType):
+        raise TypeError("second argument must be a Tile token")
+    return t.rt, t.tt
 
 
 def _vt(e, n):
@@ -78,18 +161,18 @@ def _tile_codegen(level, nsteps, q4, RT, TT):
 
     def cg(context, builder, sig, args):
         nar = 7 if q4 else 6
-        A = _Arrays(context, builder, sig.args[1:1 + nar], args[1:1 + nar])
-        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[1 + k])(
-            context, builder, args[1 + k]).shape)
+        A = _Arrays(context, builder, sig.args[2:2 + nar], args[2:2 + nar])
+        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[2 + k])(
+            context, builder, args[2 + k]).shape)
         QS, D = 0, 1
         XA, XB = 2, (3 if q4 else None)
         XD, XO, Y = (4, 5, 6) if q4 else (3, 4, 5)
         H = shp(QS)[1]
         nbp = shp(D)[1]
         n_out = shp(Y)[1]
-        r0, t0, n_tok = args[1 + nar], args[2 + nar], args[3 + nar]  # n_tok: tokens are valid below it
+        r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]  # n_tok: tokens are valid below it
         c = lambda v: ir.Constant(I64, v)
-        rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
+        rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
         qrow = [builder.mul(r, H) for r in rows]
         xrow = [builder.mul(t, H) for t in toks]
@@ -126,7 +209,7 @@ def _tile_codegen(level, nsteps, q4, RT, TT):
                     sc = builder.fmul(dv[i], xdv[j], flags=FAST)
                     p = builder.fmul(builder.sitofp(iacc[i][j], vf32), sc, flags=FAST)
                     builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
-        _store(builder, A.data[Y], facc, r0, t0, n_out, n_tok, RT, TT)
+        _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 
     return cg
@@ -142,17 +225,17 @@ def _q4_k_codegen(level, RT, TT):
 
     def cg(context, builder, sig, args):
         nar = 13
-        A = _Arrays(context, builder, sig.args[1:1 + nar], args[1:1 + nar])
-        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[1 + k])(
-            context, builder, args[1 + k]).shape)
+        A = _Arrays(context, builder, sig.args[2:2 + nar], args[2:2 + nar])
+        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[2 + k])(
+            context, builder, args[2 + k]).shape)
         QS, SL, SH, ML, MH, D, DMIN, XA, XB, BL, BH, XD, Y = range(13)
         H = shp(QS)[1]
         nchp = shp(SL)[1]
         nSp = shp(D)[1]
         n_out = shp(Y)[1]
-        r0, t0, n_tok = args[1 + nar], args[2 + nar], args[3 + nar]
+        r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]
         c = lambda v: ir.Constant(I64, v)
-        rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
+        rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
         qrow = [builder.mul(r, H) for r in rows]
         xrow = [builder.mul(t, H) for t in toks]
@@ -197,7 +280,7 @@ def _q4_k_codegen(level, RT, TT):
                                      builder.fmul(builder.sitofp(msum, vf32), mv, flags=FAST), flags=FAST)
                     p = builder.fmul(v, xdv[j], flags=FAST)
                     builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
-        _store(builder, A.data[Y], facc, r0, t0, n_out, n_tok, RT, TT)
+        _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 
     return cg
@@ -214,16 +297,16 @@ def _q6_k_codegen(level, RT, TT):
 
     def cg(context, builder, sig, args):
         nar = 7
-        A = _Arrays(context, builder, sig.args[1:1 + nar], args[1:1 + nar])
-        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[1 + k])(
-            context, builder, args[1 + k]).shape)
+        A = _Arrays(context, builder, sig.args[2:2 + nar], args[2:2 + nar])
+        shp = lambda k: cgutils.unpack_tuple(builder, context.make_array(sig.args[2 + k])(
+            context, builder, args[2 + k]).shape)
         QV, SC, D, XQ, XO, XD, Y = range(7)
         nS = shp(D)[1]
         n_out = shp(Y)[1]
-        r0, t0, n_tok = args[1 + nar], args[2 + nar], args[3 + nar]
+        r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]
         c = lambda v: ir.Constant(I64, v)
         k8 = lambda v: ir.Constant(_vt(I8, W), [v] * W)
-        rows = [_clamp(builder, builder.add(r0, c(i)), n_out) for i in range(RT)]
+        rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
         f16 = lambda i, S: builder.fpext(builder.bitcast(builder.load(builder.gep(A.data[D], [
             builder.add(builder.mul(rows[i], nS), S)])), ir.HalfType()), F32)
@@ -234,34 +317,37 @@ def _q6_k_codegen(level, RT, TT):
             S = loop.index
             isum = [[z] * TT for _ in range(RT)]
             for v in range(nv):
-                xq, xo = [], []
-                for j in range(TT):
-                    x0 = builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(256)), c(v * 4 * W))
-                    o0 = builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(64)), c(v * W))
-                    xq.append([A.vec(builder, XQ, builder.add(x0, c(k * W)), I8, W) for k in range(4)])
-                    xo.append([A.vec(builder, XO, builder.add(o0, c(k * n32)), I32, n32) for k in range(4)])
+                x0 = [builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(256)), c(v * 4 * W))
+                      for j in range(TT)]
+                o0 = [builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(64)), c(v * W))
+                      for j in range(TT)]
+                # the row's quant bytes once per vector; then step by step (k outer), so that only one step's
+                # activations and scales are live at a time (k inner kept all TT x 4 activation vectors live
+                # across the rows: spills; 3x3 tile, 512 tokens, 1 thread, same run: 82-84 -> 100 GOP/s)
+                AB, s0 = [], []
                 for i in range(RT):
-                    rs = builder.add(builder.mul(rows[i], nS), S)
-                    q0 = builder.add(builder.mul(rs, c(192)), c(v * 3 * W))
-                    s0 = builder.add(builder.mul(rs, c(16)), c(v * n32))
-                    Av = A.vec(builder, QV, q0, I8, W)
-                    Bv = A.vec(builder, QV, builder.add(q0, c(W)), I8, W)
-                    Hv = A.vec(builder, QV, builder.add(q0, c(2 * W)), I8, W)
-                    qs = [builder.or_(builder.and_(Av, k8(15)), builder.shl(builder.and_(Hv, k8(3)), k8(4))),
-                          builder.or_(builder.and_(Bv, k8(15)), builder.shl(builder.and_(Hv, k8(12)), k8(2))),
-                          builder.or_(builder.lshr(Av, k8(4)), builder.and_(Hv, k8(48))),
-                          builder.or_(builder.lshr(Bv, k8(4)), builder.lshr(builder.and_(Hv, k8(192)), k8(2)))]
-                    scs = []
-                    for k in range(4):
-                        sv = A.vec(builder, SC, builder.add(s0, c(k * W // 16)), I8, n32 // 4)
-                        sv = builder.shuffle_vector(sv, ir.Constant(_vt(I8, n32 // 4), None), rep4)
-                        scs.append(builder.sext(sv, vi32))
-                    for j in range(TT):
-                        acc = isum[i][j]
-                        for k in range(4):
-                            a = ir_dot_u8s8(builder, level, xo[j][k], qs[k], xq[j][k])
-                            acc = builder.add(acc, builder.mul(a, scs[k]))
-                        isum[i][j] = acc
+                    rsb = builder.add(builder.mul(rows[i], nS), S)  # the row's super-block S
+                    q0 = builder.add(builder.mul(rsb, c(192)), c(v * 3 * W))
+                    s0.append(builder.add(builder.mul(rsb, c(16)), c(v * n32)))
+                    AB.append([A.vec(builder, QV, builder.add(q0, c(m * W)), I8, W) for m in range(3)])
+                for k in range(4):
+                    xq = [A.vec(builder, XQ, builder.add(x0[j], c(k * W)), I8, W) for j in range(TT)]
+                    xo = [A.vec(builder, XO, builder.add(o0[j], c(k * n32)), I32, n32) for j in range(TT)]
+                    for i in range(RT):
+                        Av, Bv, Hv = AB[i]
+                        if k == 0:
+                            q = builder.or_(builder.and_(Av, k8(15)), builder.shl(builder.and_(Hv, k8(3)), k8(4)))
+                        elif k == 1:
+                            q = builder.or_(builder.and_(Bv, k8(15)), builder.shl(builder.and_(Hv, k8(12)), k8(2)))
+                        elif k == 2:
+                            q = builder.or_(builder.lshr(Av, k8(4)), builder.and_(Hv, k8(48)))
+                        else:
+                            q = builder.or_(builder.lshr(Bv, k8(4)), builder.lshr(builder.and_(Hv, k8(192)), k8(2)))
+                        sv = A.vec(builder, SC, builder.add(s0[i], c(k * W // 16)), I8, n32 // 4)
+                        sv = builder.sext(builder.shuffle_vector(sv, ir.Constant(_vt(I8, n32 // 4), None), rep4), vi32)
+                        for j in range(TT):
+                            a = ir_dot_u8s8(builder, level, xo[j], q, xq[j])
+                            isum[i][j] = builder.add(isum[i][j], builder.mul(a, sv))
             for i in range(RT):
                 dw = f16(i, S)
                 for j in range(TT):
@@ -271,16 +357,16 @@ def _q6_k_codegen(level, RT, TT):
                         I32, 0)), ir.Constant(vf32, None), ir.Constant(_vt(I32, n32), [0] * n32))
                     p = builder.fmul(builder.sitofp(isum[i][j], vf32), spl, flags=FAST)
                     builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
-        _store(builder, A.data[Y], facc, r0, t0, n_out, n_tok, RT, TT)
+        _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 
     return cg
 
 
-def _store(builder, ydata, facc, r0, t0, n_out, n_tok, RT, TT):
+def _store(builder, ydata, facc, r0, rs, t0, n_out, n_tok, RT, TT):
     """y[t, r] = hsum(facc[i][j]) for the tile's valid (row, token) pairs."""
     for i in range(RT):
-        ri = builder.add(r0, ir.Constant(I64, i))
+        ri = builder.add(r0, builder.mul(rs, ir.Constant(I64, i)))
         for j in range(TT):
             tj = builder.add(t0, ir.Constant(I64, j))
             ok = builder.and_(builder.icmp_signed("<", ri, n_out), builder.icmp_signed("<", tj, n_tok))
@@ -294,57 +380,54 @@ def _c2(*arrs):
 
 
 @intrinsic
-def _tile_q4_0(typingctx, isa, qs, d, xlo, xhi, xd, xo, y, r0, t0, t_end):
+def _tile_q4_0(typingctx, isa, tl, qs, d, xlo, xhi, xd, xo, y, r0, rs, t0, t_end):
     level = _level(isa)
     if not _c2(qs, d, xlo, xhi, xd, xo, y):
         return None
-    RT, TT = TILE[level]
-    return types.void(isa, qs, d, xlo, xhi, xd, xo, y, types.int64, types.int64, types.int64), \
+    RT, TT = _shape(tl)
+    return types.void(isa, tl, qs, d, xlo, xhi, xd, xo, y, types.int64, types.int64, types.int64, types.int64), \
         _tile_codegen(level, 4, True, RT, TT)
 
 
 @intrinsic
-def _tile_q8_0(typingctx, isa, qs, d, xq, xd, xo, y, r0, t0, t_end):
+def _tile_q8_0(typingctx, isa, tl, qs, d, xq, xd, xo, y, r0, rs, t0, t_end):
     level = _level(isa)
     if not _c2(qs, d, xq, xd, xo, y):
         return None
-    RT, TT = TILE[level]
-    return (types.void(isa, qs, d, xq, xd, xo, y, types.int64, types.int64, types.int64),
+    RT, TT = _shape(tl)
+    return (types.void(isa, tl, qs, d, xq, xd, xo, y, types.int64, types.int64, types.int64, types.int64),
             _tile_codegen(level, 8, False, RT, TT))
 
 
 @intrinsic
-def _tile_q4_k(typingctx, isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, r0, t0, t_end):
+def _tile_q4_k(typingctx, isa, tl, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, r0, rs, t0, t_end):
     level = _level(isa)
     if not _c2(qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
         return None
-    RT, TT = TILE_K[Q4_K][level]
-    return (types.void(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, types.int64, types.int64,
-                       types.int64), _q4_k_codegen(level, RT, TT))
+    RT, TT = _shape(tl)
+    return (types.void(isa, tl, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, types.int64, types.int64,
+                       types.int64, types.int64), _q4_k_codegen(level, RT, TT))
 
 
 @intrinsic
-def _tile_q6_k(typingctx, isa, qv, sc, d, xq, xo, xd, y, r0, t0, t_end):
+def _tile_q6_k(typingctx, isa, tl, qv, sc, d, xq, xo, xd, y, r0, rs, t0, t_end):
     level = _level(isa)
     if not _c2(qv, sc, d, xq, xo, xd, y):
         return None
-    RT, TT = TILE_K[Q6_K][level]
-    return types.void(isa, qv, sc, d, xq, xo, xd, y, types.int64, types.int64, types.int64), \
+    RT, TT = _shape(tl)
+    return types.void(isa, tl, qv, sc, d, xq, xo, xd, y, types.int64, types.int64, types.int64, types.int64), \
         _q6_k_codegen(level, RT, TT)
 
 
 @intrinsic
-def tile_shape(typingctx, isa, typ):
-    """(rows, tokens) of the level's register tile for ggml type `typ` (a literal), as compile-time constants."""
-    if not isinstance(typ, types.IntegerLiteral):
-        return None
-    t = typ.literal_value
-    RT, TT = TILE_K[t][_level(isa)] if t in TILE_K else TILE[_level(isa)]
+def tile_shape(typingctx, tl):
+    """(rows, tokens, spread) of a Tile token, as compile-time constants."""
+    RT, TT = _shape(tl)
 
     def cg(context, builder, sig, args):
-        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, RT), ir.Constant(I64, TT)])
+        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, v) for v in (RT, TT, int(tl.spread))])
 
-    return types.UniTuple(types.int64, 2)(isa, typ), cg
+    return types.UniTuple(types.int64, 3)(tl), cg
 
 
 @nb.njit(**JIT)
@@ -354,59 +437,63 @@ def _token_block(xbytes, TT):
 
 
 @nb.njit(**PJIT)
-def gemm_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
+def gemm_q4_0(isa, tl, qs, d, xlo, xhi, xd, xo, y):
     """y (n_tok, n_out) = W @ x; the arguments of legacy_simd.mv_q4_0."""
     n_tok, n_out = y.shape
-    RT, TT = tile_shape(isa, 2)
+    RT, TT, SP = tile_shape(tl)
     nrt = (n_out + RT - 1) // RT
+    RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
     TB = _token_block(2 * xlo.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
-                _tile_q4_0(isa, qs, d, xlo, xhi, xd, xo, y, rt * RT, t0, te)
+                _tile_q4_0(isa, tl, qs, d, xlo, xhi, xd, xo, y, rt * RS0, RS1, t0, te)
 
 
 @nb.njit(**PJIT)
-def gemm_q8_0(isa, qs, d, xq, xd, xo, y):
+def gemm_q8_0(isa, tl, qs, d, xq, xd, xo, y):
     """y (n_tok, n_out) = W @ x; the arguments of legacy_simd.mv_q8_0."""
     n_tok, n_out = y.shape
-    RT, TT = tile_shape(isa, 8)
+    RT, TT, SP = tile_shape(tl)
     nrt = (n_out + RT - 1) // RT
+    RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
     TB = _token_block(xq.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
-                _tile_q8_0(isa, qs, d, xq, xd, xo, y, rt * RT, t0, te)
+                _tile_q8_0(isa, tl, qs, d, xq, xd, xo, y, rt * RS0, RS1, t0, te)
 
 
 @nb.njit(**PJIT)
-def gemm_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
+def gemm_q4_k(isa, tl, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
     """y (n_tok, n_out) = W @ x; the arguments of kquants_simd.mv_q4_k."""
     n_tok, n_out = y.shape
-    RT, TT = tile_shape(isa, 12)
+    RT, TT, SP = tile_shape(tl)
     nrt = (n_out + RT - 1) // RT
+    RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
     TB = _token_block(2 * xa.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
-                _tile_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, rt * RT, t0, te)
+                _tile_q4_k(isa, tl, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, rt * RS0, RS1, t0, te)
 
 
 @nb.njit(**PJIT)
-def gemm_q6_k(isa, qv, sc, d, xq, xo, xd, y):
+def gemm_q6_k(isa, tl, qv, sc, d, xq, xo, xd, y):
     """y (n_tok, n_out) = W @ x; the arguments of kquants_simd.mv_q6_k."""
     n_tok, n_out = y.shape
-    RT, TT = tile_shape(isa, 14)
+    RT, TT, SP = tile_shape(tl)
     nrt = (n_out + RT - 1) // RT
+    RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
     TB = _token_block(xq.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
         for rt in nb.prange(nrt):
             for t0 in range(tb, te, TT):
-                _tile_q6_k(isa, qv, sc, d, xq, xo, xd, y, rt * RT, t0, te)
+                _tile_q6_k(isa, tl, qv, sc, d, xq, xo, xd, y, rt * RS0, RS1, t0, te)
 
 
 GEMM = {Q4_0: gemm_q4_0, Q8_0: gemm_q8_0, Q4_K: gemm_q4_k, Q6_K: gemm_q6_k}

@@ -9,8 +9,9 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense_simd.mv_half
         for F16/BF16 (dense.mv_half at the generic level), dense.mv_f32 for F32 (per-token results
         independent of the batch);
-        dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
-        to disk once, then memory-mapped).
+        dequant.matvec_generic when a repack is declined. Calls of 1..DECODE_MAX tokens of the types in
+        gemm_simd.SMALL take its small-tile GEMMs instead of the decode kernel (bit-exact with it, measured
+        faster). Repacked arrays come through repack_cache (written to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
         where the type has one (same repacked weights and activations; bit-exact with the decode kernel), else
         the decode kernels DECODE_MAX rows a call (Linear.prompt_by_decode: both faster at every batch size
@@ -248,10 +249,25 @@ def _simd_activations(x: np.ndarray, ggml_type: int):
     return act
 
 
+SMALL_GEMM = True  # decode calls of 1..DECODE_MAX tokens through gemm_simd's small tiles where measured faster
+
+
 def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
-    """One decode kernel call over a repacked matrix (the layout layout_name() names)."""
+    """One decode kernel call over a repacked matrix (the layout layout_name() names). For 1..DECODE_MAX tokens of
+    the explicit-SIMD types, the register-tiled GEMM with the call's tile (gemm_simd.SMALL) where it has one:
+    the same arrays, every (row, token) bit for bit the decode kernel's result; measured faster (fewer
+    instructions per token; rows read as several in-order streams)."""
     if uses_simd(ggml_type):
-        _SIMD[ggml_type].MV[ggml_type](simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+        lv = isa.level()
+        act = _simd_activations(x, ggml_type)
+        tl = gemm_simd.small_tile(ggml_type, lv, x.shape[0]) if SMALL_GEMM else None
+        if tl is None:
+            _SIMD[ggml_type].MV[ggml_type](simd.token(lv), *packed, *act, out)
+            return
+        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
+        gemm_simd.GEMM[ggml_type](simd.token(lv), tl, *packed, *act, y)
+        if y is not out:
+            out[...] = y
     else:
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
@@ -266,7 +282,8 @@ def _prompt_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
             _decode_packed(ggml_type, packed, x[a:a + DECODE_MAX], out[a:a + DECODE_MAX])
         return
     y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
-    gemm(simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), y)
+    lv = isa.level()
+    gemm(simd.token(lv), gemm_simd.prompt_tile(ggml_type, lv), *packed, *_simd_activations(x, ggml_type), y)
     if y is not out:
         out[...] = y
 
