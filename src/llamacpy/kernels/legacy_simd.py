@@ -2,7 +2,8 @@
 for every level.
 
 Owns: `repack_rows(typ, raw, n_out, n_in, level)` -> the layout below, `prep(typ, level, qx, dx[, sx])` -> the
-activations arranged to match, and `mv_q4_0` / `mv_q8_0` / `mv_q4_1` / `mv_q5_0` / `mv_q5_1(isa, ...)`.
+activations arranged to match (`activations(typ, level, x)`: the same from f32 x, quantized in the same
+call), and `mv_q4_0` / `mv_q8_0` / `mv_q4_1` / `mv_q5_0` / `mv_q5_1(isa, ...)`.
 
 Layout: one int32 lane per block. With n32 = width(level)/4 lanes, the blocks of a row go in groups of n32;
 within a group, vector step s holds bytes 4s..4s+3 of each of the n32 blocks side by side, so that after all
@@ -24,7 +25,7 @@ Q4_0's (q - 8) as -8 * sum(x) of the block, Q5_0's (q - 16) as -16 * sum(x); the
 taken as u8) as -128 * sum(x). Q4_1 / Q5_1 (vec_dot_q4_1_q8_1 / q5_1_q8_1): d*dx*sum(q*x) + m*s per block with
 Q8_1's s = f16(dx * sum(qx)), the min term FMA'd per lane into the same f32 sums. 5-bit values (0..31) times
 |x| <= 127, two per pmaddubsw pair: at most 7874, no int16 saturation on avx2.
-Must not: quantize activations (q8.py) or choose paths/levels (linear.py, isa.py).
+Must not: define the activation quantization (q8.py's, called as is) or choose paths/levels (linear.py, isa.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numba as nb
 import numpy as np
 
 from .common import BLOCK, JIT, PJIT, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+from .q8 import _q8_0
 from .simd import (S8S8_BIAS, WIDTH, dot_s8s8b, dot_u8s8, vadd, vand, vcvt, vfma, vhsum, vload_f16, vload_f32,
                    vload_i8, vload_i32, vmul, vor, vshl, vshr, vshr4, vzero_f32, vzero_i32, width)
 
@@ -157,6 +159,34 @@ def prep(typ: int, level: str, qx: np.ndarray, dx: np.ndarray, sx: np.ndarray | 
         xs[:, :sx.shape[1]] = sx
         return xa, xb, xd, xs
     return xa, xb, xd, xo
+
+
+@nb.njit(cache=True, nogil=True)  # no fastmath: _q8_0's rounding stays IEEE (it is compiled by its own flags anyway)
+def _quant_prep(x, nbp, n32, split, off):
+    """_prep of q8._q8_0(x) in one compiled call, plus Q8_1's sums sx."""
+    qx, dx, sx = _q8_0(x)
+    xa, xb, xd, xo = _prep(qx, dx, nbp, n32, split, off)
+    return xa, xb, xd, xo, sx
+
+
+def activations(typ: int, level: str, x: np.ndarray) -> tuple:
+    """prep(typ, level, *q8.quantize_q8_0(x)) -- the same arrays bit for bit -- in one compiled call (the decode
+    path's: one dispatch and no intermediate arrays handed through Python). x: (n, n_in) f32 C-contiguous."""
+    nbp = _nbp(x.shape[1])
+    off = _OFF.get(typ, 0)
+    if off is None:
+        off = S8S8_BIAS[level]
+    xa, xb, xd, xo, sx = _quant_prep(x, nbp, WIDTH[level] // 4, typ != Q8_0, off)
+    if typ == Q8_0:
+        return xa, xd, xo
+    if typ in (Q4_1, Q5_1):
+        xs = np.zeros((x.shape[0], nbp), np.float32)  # (n_tok, nbp)
+        xs[:, :sx.shape[1]] = sx
+        return xa, xb, xd, xs
+    return xa, xb, xd, xo
+
+
+_OFF = {Q4_0: 8, Q5_0: 16, Q8_0: None}  # the integer offset prep folds into the start values (None: the level's)
 
 
 @nb.njit(**PJIT)

@@ -233,23 +233,62 @@ def _quantized(x: np.ndarray, kquant: bool):
     return res
 
 
-_prepped: dict = {}  # ggml type -> (the _quantized result it was made from, the SIMD kernel's activation arrays)
+# Inputs shared by several Linear calls: FusedLinear's parts that run one after the other (mixed types, F16)
+# quantize their common input once. Only inside FusedLinear's loop, where x is not written meanwhile.
+_shared_x = None  # the input being shared, or None
+_shared_act: dict = {}  # ggml type -> the SIMD kernel's activation arrays of _shared_x
 
 
 def _simd_activations(x: np.ndarray, ggml_type: int):
-    res = _quantized(x, ggml_type in KQUANTS)
-    prev = _prepped.get(ggml_type)
-    if prev is not None and prev[0] is res:
-        return prev[1]
-    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3])  # Q8_K: qx, d, bsums; Q8_0/1: qx, dx, sx
-    _prepped[ggml_type] = (res, act)
-    return act
+    """The SIMD kernel's activation arrays for x: quantized and laid out in one compiled call
+    (legacy_simd / kquants_simd `activations`, the same bits as prep(quantize(x)))."""
+    if x is _shared_x:
+        act = _shared_act.get(ggml_type)
+        if act is None:
+            act = _shared_act[ggml_type] = _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
+        return act
+    return _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
 
 
-def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
-    """One decode kernel call over a repacked matrix (the layout layout_name() names)."""
+# The compiled entry point of a decode kernel for one matrix, kept on the matrix's object: numba's dispatcher
+# resolves every argument's type on each call, ~6 us a call here (most of it typing the ISA token, a Python
+# typeof), ~100 calls a token. The entry point is looked up once (the dispatcher's own compiled overload for
+# the argument types of the first call) and called while the same packed arrays are passed; the activations
+# always come from the same compiled function (same types), and the output must be a C-contiguous float32
+# matrix -- anything else goes through the dispatcher.
+_F32 = np.dtype(np.float32)
+
+
+def _plain_out(out: np.ndarray) -> bool:
+    return out.dtype == _F32 and out.ndim == 2 and out.flags.c_contiguous and out.flags.writeable
+
+
+def _entry_point(fn, args):
+    try:
+        return fn.overloads[tuple(fn.typeof_pyval(a) for a in args)].entry_point
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _run_kernel(owner, weights: tuple, fn, act: tuple, out: np.ndarray) -> None:
+    """fn(isa token, *weights, *act, out), through the entry point cached on owner when it applies."""
+    ent = getattr(owner, "_entry", None)
+    if ent is not None and ent[0] is weights and ent[1] is fn and _plain_out(out):
+        ent[2](ent[3], *weights, *act, out)
+        return
+    tok = simd.token(isa.level())
+    args = (tok, *weights, *act, out)
+    fn(*args)
+    if owner is not None and _plain_out(out):
+        ep = _entry_point(fn, args)
+        owner._entry = (weights, fn, ep, tok) if ep is not None else None
+
+
+def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray, owner=None) -> None:
+    """One decode kernel call over a repacked matrix (the layout layout_name() names). owner: the object that
+    holds `packed` (keeps the kernel's entry point, see _run_kernel)."""
     if uses_simd(ggml_type):
-        _SIMD[ggml_type].MV[ggml_type](simd.token(isa.level()), *packed, *_simd_activations(x, ggml_type), out)
+        _run_kernel(owner, packed, _SIMD[ggml_type].MV[ggml_type], _simd_activations(x, ggml_type), out)
     else:
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
@@ -378,14 +417,17 @@ class LinearHalf(Linear):
         super().__init__(*a)
         self.w16 = np.asarray(self.raw).view(np.uint16).reshape(self.n_out, self.n_in)  # (n_out, n_in)
         self.kind = dense.KIND_F16 if self.ggml_type == F16 else dense.KIND_BF16
+        self._w_simd = None  # (the words as dense_simd.mv_half takes them,)
 
     def _round_activations(self, x):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
 
     def _decode(self, x, out):
         if uses_simd(self.ggml_type) and self.w16.flags.c_contiguous:
-            w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
-            dense_simd.mv_half(simd.token(isa.level()), w, self._round_activations(x), out)
+            w = self._w_simd
+            if w is None:
+                w = self._w_simd = (dense_simd.weights(self.w16, self.kind == dense.KIND_BF16),)
+            _run_kernel(self, w, dense_simd.mv_half, (self._round_activations(x),), out)
         else:
             dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
 
@@ -442,7 +484,7 @@ class LinearQuant(Linear):
         if self.packed is None:
             dequant.matvec_generic(self.ggml_type, self.raw, self._round_activations(x), out, F16_TABLE)
             return
-        _decode_packed(self.ggml_type, self.packed, x, out)
+        _decode_packed(self.ggml_type, self.packed, x, out, self)
 
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
@@ -549,12 +591,20 @@ class FusedLinear:
             if self._packed is None:
                 self._pack()
             if x.shape[0] <= DECODE_MAX:
-                _decode_packed(self.ggml_type, self._packed, x, out)
+                _decode_packed(self.ggml_type, self._packed, x, out, self)
             else:
                 _prompt_packed(self.ggml_type, self._packed, x, out)
             return out
-        for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
-            out[:, a:b] = p(x)
+        global _shared_x
+        prev = _shared_x
+        _shared_x = x  # the parts quantize x once per weight type (see _simd_activations)
+        _shared_act.clear()
+        try:
+            for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
+                out[:, a:b] = p(x)
+        finally:
+            _shared_x = prev
+            _shared_act.clear()
         return out
 
     def split(self, y: np.ndarray) -> list[np.ndarray]:
