@@ -124,6 +124,7 @@ def main(argv=None) -> int:
             if kind.startswith("file"):
                 for x in arrs:
                     _sum(x)  # read in (disk -> page cache)
+                del x
                 print(f"{kind}: FilePmdMapped {smaps_kb('FilePmdMapped') / 1e6:.2f} GB of {total / 1e9:.2f} GB")
             keep = None
             if kind != "file":

@@ -6,7 +6,8 @@ served from the new entry's mapping. `cache_dir()`, `enabled()`, `set_enabled()`
 
 Where: $LLAMACPY_REPACK_CACHE, else $XDG_CACHE_HOME/llamacpy/repack, else ~/.cache/llamacpy/repack; one folder
 per model path (<hash>-<file name>), one entry per tensor (or fused set of tensors) and layout. Off with
-LLAMACPY_NO_REPACK_CACHE=1 or `set_enabled(False)` (the CLI's --no-repack-cache).
+LLAMACPY_NO_REPACK_CACHE=1 or `set_enabled(False)` (the CLI's --no-repack-cache). Entries are mapped with
+MADV_HUGEPAGE (`advise_hugepages`; LLAMACPY_NO_HUGEPAGES=1 turns it off): 2 MiB page-cache folios, PMD-mapped.
 Entry name: hash of (model path, tensor byte ranges, layout string incl. its version, rows per group and ISA
 level). The header repeats that key and adds the source file's identity (size, mtime_ns, inode, crc32 of its
 first and last 64 KiB): an entry whose identity no longer matches (the file changed), whose length differs
@@ -34,6 +35,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..mmap_advice import advise_hugepages
 
 MAGIC = b"LCPYRPK1"
 FORMAT = 1
@@ -191,6 +194,7 @@ def _read(p: Path, key: dict, ident: dict):
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: same types as in-memory arrays
         except (OSError, ValueError):
             return False
+    advise_hugepages(mm)
     try:
         out = []
         for a in head["arrays"]:
