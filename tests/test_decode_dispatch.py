@@ -4,6 +4,8 @@
   `prep(typ, level, *quantize(x))` array for array, for every SIMD type and every level this CPU runs;
 - a Linear's decode through the cached kernel entry point equals the dispatcher's call of the same kernel with
   the activations of q8.py + prep (the reference path), for every SIMD type, also with a non-contiguous output;
+- q8.py's block maxima (partial scans) keep the single scan's choice: Q8_K's first extreme wins a tie of
+  magnitudes; its f16 scales round as ggml's FP32_TO_FP16 (nearest even, inf past 65504);
 - a FusedLinear of mixed types (run part by part, sharing the quantized input) equals its parts called alone.
 Exact equality is the claim: the same compiled code runs either way.
 """
@@ -81,7 +83,8 @@ def test_decode_through_entry_point_equals_dispatcher(typ):
         wide = np.full((n, 2 * lin.n_out), np.nan, np.float32)
         lin(x, out=wide[:, ::2])  # a strided output: must take the dispatcher
         np.testing.assert_array_equal(wide[:, ::2], ref)
-    assert lin._entry is not None  # the shortcut is in use
+    mod = kquants_simd if int(typ) in KQUANTS else legacy_simd
+    assert lin._entry is not None and lin._entry[1] is mod.MVX[int(typ)]  # the fused kernel, by its entry point
 
 
 @pytest.mark.skipif(not linear.uses_simd(int(T.Q4_K)), reason="SIMD decode kernels off (LLAMACPY_ISA=generic)")
@@ -94,3 +97,28 @@ def test_mixed_fused_parts_share_input_exactly():
     alone = np.concatenate([_reference(p, x) for p in parts], axis=1)
     np.testing.assert_array_equal(y, alone)
     assert linear._shared_x is None and not linear._shared_act  # nothing kept after the call
+
+
+def test_q8_k_first_extreme_of_equal_magnitude_wins():
+    x = np.zeros((4, 256), np.float32)
+    x[0, 7], x[0, 2] = 5.0, -5.0  # different partial scans (7 % 4 != 2 % 4): the earlier one, -5, is max
+    x[1, 2], x[1, 7] = 5.0, -5.0
+    x[2, 9], x[2, 5] = -3.0, 3.0  # same partial scan (9 % 4 == 5 % 4)
+    x[3, 255], x[3, 0] = -1.0, 1.0
+    _, d, _ = q8.quantize_q8_k(x)
+    for t, first in enumerate([-5.0, 5.0, 3.0, 1.0]):
+        assert d[t, 0] == np.float32(1.0) / (np.float32(-127.0) / np.float32(first))
+
+
+def test_q8_0_scales_round_to_f16_as_ggml():
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 256)) * 100).astype(np.float32)
+    x[1, :32] = 30000.0  # Q8_1's s = d * sum(q) = 30000 / 127 * 127 * 32 overflows f16: inf, as ggml's
+    qx, dx, sx = q8.quantize_q8_0(x)
+    amax = np.abs(x.reshape(2, 8, 32)).max(-1)
+    d = amax / np.float32(127.0)
+    np.testing.assert_array_equal(dx, d.astype(np.float16).astype(np.float32))
+    s = qx.reshape(2, 8, 32).astype(np.int32).sum(-1)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(sx, (d * s.astype(np.float32)).astype(np.float16).astype(np.float32))
+    assert np.isinf(sx[1, 0])

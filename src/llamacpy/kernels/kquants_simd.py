@@ -90,6 +90,8 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
 
 @nb.njit(**JIT)
 def _prep(qx, dq, bsums, nchp, n32):
+    """Q4_K / Q5_K activations: the bytes of chunk c's two halves in the lane layout (whole 4-byte words move,
+    as in legacy_simd._prep), the bsums of each half, the chunk's Q8_K scale."""
     n_tok, n_in = qx.shape
     nch = n_in // 64
     xa = np.zeros((n_tok, nchp * 32), np.int8)
@@ -98,12 +100,15 @@ def _prep(qx, dq, bsums, nchp, n32):
     bh = np.zeros((n_tok, nchp), np.int32)
     xd = np.zeros((n_tok, nchp), np.float32)
     for t in range(n_tok):
+        src = qx[t].view(np.int32)  # (n_in / 4,)
+        wa = xa[t].view(np.int32)
+        wb = xb[t].view(np.int32)
         for c in range(nch):
             g, k = c // n32, c % n32
-            for j in range(32):
-                o = g * 32 * n32 + (j // 4) * 4 * n32 + 4 * k + j % 4
-                xa[t, o] = qx[t, c * 64 + j]
-                xb[t, o] = qx[t, c * 64 + 32 + j]
+            o = g * 8 * n32 + k
+            for w in range(8):
+                wa[o + w * n32] = src[c * 16 + w]
+                wb[o + w * n32] = src[c * 16 + 8 + w]
             bl[t, c] = bsums[t, 4 * c] + bsums[t, 4 * c + 1]
             bh[t, c] = bsums[t, 4 * c + 2] + bsums[t, 4 * c + 3]
             xd[t, c] = dq[t, c // 4]
@@ -557,3 +562,44 @@ def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y):
 
 
 MV = {Q2_K: mv_q2_k, Q3_K: mv_q3_k, Q4_K: mv_q4_k, Q5_K: mv_q5_k, Q6_K: mv_q6_k}
+
+
+# Decode from f32 activations: quantize + layout and the kernel in one compiled call (no activation array is
+# handed to Python and back; see legacy_simd's MVX) -- the same arrays and kernel as
+# MV[typ](isa, *packed, *activations(typ, level, x), y). Arguments: (isa, *packed, x, n32 = width/4, W = width, y).
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, x, n32, W, y):
+    xa, xb, bl, bh, xd = _quant_prep(x, sl.shape[1], n32)
+    mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, x, n32, W, y):
+    xa, xb, bl, bh, xd = _quant_prep(x, sl.shape[1], n32)
+    mv_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q6_k(isa, qv, sc, d, x, n32, W, y):
+    xq, xo, xd = _quant_prep_q6(x, W)
+    mv_q6_k(isa, qv, sc, d, xq, xo, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q3_k(isa, qv, hv, sc, d, x, n32, W, y):
+    xq, xo, _, xd4 = _quant_prep_q23(x, W)
+    mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd4, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q2_k(isa, qv, scm, d, dmin, x, n32, W, y):
+    xq, _, bs, xd4 = _quant_prep_q23(x, W)
+    mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y)
+
+
+MVX = {Q2_K: mvx_q2_k, Q3_K: mvx_q3_k, Q4_K: mvx_q4_k, Q5_K: mvx_q5_k, Q6_K: mvx_q6_k}
+
+
+def mvx_args(typ: int, level: str) -> tuple:
+    """The (n32, W) that MVX[typ] takes after x at `level`."""
+    return WIDTH[level] // 4, WIDTH[level]

@@ -119,26 +119,30 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
 def _prep(qx, dx, nbp, n32, split, off):
     """Activations in the group layout: the 4/5-bit types (split) as two arrays, x[0:16] and x[16:32] of each block
     lined up with the low and high nibbles; Q8_0 as one. Plus per-block f32 scales and the int32 start values
-    -off * sum(x) of each block's integer sum (zero padding)."""
+    -off * sum(x) of each block's integer sum (zero padding). The layout moves whole 4-byte words (byte j of a
+    block goes to word j // 4 of its lane, byte j % 4), so it is copied as int32 words."""
     n_tok, n_in = qx.shape
     nb_ = n_in // 32
     qn = 16 if split else 32
+    qw = qn // 4  # words per block per array
     xa = np.zeros((n_tok, nbp * qn), np.int8)
-    xb = np.zeros((n_tok, nbp * qn if split else 1), np.int8)
+    xb = np.zeros((n_tok, nbp * qn if split else 4), np.int8)  # (unused by Q8_0: one word, so it views as int32)
     xd = np.zeros((n_tok, nbp), np.float32)
     xo = np.zeros((n_tok, nbp), np.int32)
-    gb = n32 * qn
     for t in range(n_tok):
+        src = qx[t].view(np.int32)  # (n_in / 4,)
+        wa = xa[t].view(np.int32)
+        wb = xb[t].view(np.int32)
         for b in range(nb_):
             g, k = b // n32, b % n32
             s = 0
             for j in range(32):
                 s += np.int32(qx[t, b * 32 + j])
-            for j in range(qn):
-                o = g * gb + (j // 4) * (4 * n32) + 4 * k + (j % 4)
-                xa[t, o] = qx[t, b * 32 + j]
+            o = g * qw * n32 + k  # word of lane k at step 0
+            for w in range(qw):
+                wa[o + w * n32] = src[b * 8 + w]
                 if split:
-                    xb[t, o] = qx[t, b * 32 + 16 + j]
+                    wb[o + w * n32] = src[b * 8 + 4 + w]
             xd[t, b] = dx[t, b]
             xo[t, b] = -off * s
     return xa, xb, xd, xo
@@ -335,3 +339,53 @@ def mv_q5_1(isa, qs, qh, d, m, xlo, xhi, xd, xs, y):
 
 
 MV = {Q4_0: mv_q4_0, Q8_0: mv_q8_0, Q4_1: mv_q4_1, Q5_0: mv_q5_0, Q5_1: mv_q5_1}
+
+
+# Decode from f32 activations: quantize + layout (_quant_prep) and the kernel in one compiled call, so that no
+# activation array is handed to Python and back (numba boxes each returned array: ~1 us apiece here, 4-5 per
+# matmul) -- the same arrays and the same kernel as MV[typ](isa, *packed, *activations(typ, level, x), y).
+# Arguments: (isa, *packed, x (n_tok, n_in) f32 C-contiguous, n32 = width/4, off = _OFF / S8S8_BIAS, y).
+@nb.njit(cache=True, nogil=True)
+def _xs(sx, nbp):
+    xs = np.zeros((sx.shape[0], nbp), np.float32)  # (n_tok, nbp): Q8_1's sums, zero padding
+    xs[:, :sx.shape[1]] = sx
+    return xs
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_0(isa, qs, d, x, n32, off, y):
+    xa, xb, xd, xo, _ = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q4_0(isa, qs, d, xa, xb, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q8_0(isa, qs, d, x, n32, off, y):
+    xa, _, xd, xo, _ = _quant_prep(x, d.shape[1], n32, False, off)
+    mv_q8_0(isa, qs, d, xa, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_1(isa, qs, d, m, x, n32, off, y):
+    xa, xb, xd, _, sx = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q4_1(isa, qs, d, m, xa, xb, xd, _xs(sx, d.shape[1]), y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_0(isa, qs, qh, d, x, n32, off, y):
+    xa, xb, xd, xo, _ = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q5_0(isa, qs, qh, d, xa, xb, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_1(isa, qs, qh, d, m, x, n32, off, y):
+    xa, xb, xd, _, sx = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q5_1(isa, qs, qh, d, m, xa, xb, xd, _xs(sx, d.shape[1]), y)
+
+
+MVX = {Q4_0: mvx_q4_0, Q8_0: mvx_q8_0, Q4_1: mvx_q4_1, Q5_0: mvx_q5_0, Q5_1: mvx_q5_1}
+
+
+def mvx_args(typ: int, level: str) -> tuple:
+    """The (n32, off) that MVX[typ] takes after x at `level`."""
+    off = _OFF.get(typ, 0)
+    return WIDTH[level] // 4, S8S8_BIAS[level] if off is None else off

@@ -288,7 +288,11 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
     """One decode kernel call over a repacked matrix (the layout layout_name() names). owner: the object that
     holds `packed` (keeps the kernel's entry point, see _run_kernel)."""
     if uses_simd(ggml_type):
-        _run_kernel(owner, packed, _SIMD[ggml_type].MV[ggml_type], _simd_activations(x, ggml_type), out)
+        mod = _SIMD[ggml_type]
+        if x is _shared_x:  # parts of a FusedLinear sharing x: its activations once per type
+            _run_kernel(owner, packed, mod.MV[ggml_type], _simd_activations(x, ggml_type), out)
+        else:  # quantized in the kernel's own compiled call (MVX: no activation arrays through Python)
+            _run_kernel(owner, packed, mod.MVX[ggml_type], (x, *mod.mvx_args(ggml_type, isa.level())), out)
     else:
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
