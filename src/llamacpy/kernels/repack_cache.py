@@ -168,7 +168,9 @@ def entry_path(path: str, key: dict) -> Path:
 
 
 def _read(p: Path, key: dict, ident: dict):
-    """The arrays of a valid entry (views of its private mapping), or None (absent / invalid)."""
+    """The arrays of a valid entry (views of its private mapping), or None (absent / invalid). The header is read
+    through the mapping, after advise_hugepages: a read() of it first would put the entry's first pages in the
+    page cache as small folios (normal readahead), and its first 2 MiB could then not be mapped by PMD."""
     try:
         f = open(p, "rb")
     except OSError:
@@ -177,24 +179,24 @@ def _read(p: Path, key: dict, ident: dict):
         size = os.fstat(f.fileno()).st_size
         if size < 16:
             return False
-        if f.read(8) != MAGIC:
-            return False
-        hlen = int.from_bytes(f.read(8), "little")
-        if hlen <= 0 or 16 + hlen > size:
-            return False
-        try:
-            head = json.loads(f.read(hlen).decode())
-        except (UnicodeDecodeError, ValueError):
-            return False
-        if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("key") != key:
-            return False
-        if head.get("source") != ident or head.get("size") != size:
-            return False
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: same types as in-memory arrays
         except (OSError, ValueError):
             return False
     advise_hugepages(mm)
+    if mm[:8] != MAGIC:
+        return False
+    hlen = int.from_bytes(mm[8:16], "little")
+    if hlen <= 0 or 16 + hlen > size:
+        return False
+    try:
+        head = json.loads(mm[16:16 + hlen].decode())
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("key") != key:
+        return False
+    if head.get("source") != ident or head.get("size") != size:
+        return False
     try:
         out = []
         for a in head["arrays"]:
