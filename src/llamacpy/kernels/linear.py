@@ -9,7 +9,8 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         generic auto-vectorised ones (legacy.py / kquants.py on a row-interleaved repack), dense_simd.mv_half
         for F16/BF16 (dense.mv_half at the generic level), dense.mv_f32 for F32 (per-token results
         independent of the batch);
-        dequant.matvec_generic when a repack is declined. Repacked arrays come through repack_cache (written
+        dequant.matvec_generic when a repack is declined. The SIMD types quantize inside the kernel's own
+        compiled call (MVX), and every SIMD kernel is called through its cached entry point (_run_kernel). Repacked arrays come through repack_cache (written
         to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
         where the type has one (same repacked weights and activations; bit-exact with the decode kernel), else
