@@ -96,7 +96,7 @@ def test_mixed_fused_parts_share_input_exactly():
     y = fused(x)
     alone = np.concatenate([_reference(p, x) for p in parts], axis=1)
     np.testing.assert_array_equal(y, alone)
-    assert linear._shared_x is None and not linear._shared_act  # nothing kept after the call
+    assert linear._shared.x is None and linear._shared.act is None  # nothing kept after the call
 
 
 def test_q8_k_first_extreme_of_equal_magnitude_wins():

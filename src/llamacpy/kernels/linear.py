@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 
 import numba as nb
 import numpy as np
@@ -236,17 +237,22 @@ def _quantized(x: np.ndarray, kquant: bool):
 
 # Inputs shared by several Linear calls: FusedLinear's parts that run one after the other (mixed types, F16)
 # quantize their common input once. Only inside FusedLinear's loop, where x is not written meanwhile.
-_shared_x = None  # the input being shared, or None
-_shared_act: dict = {}  # ggml type -> the SIMD kernel's activation arrays of _shared_x
+class _Shared(threading.local):
+    x = None  # the input being shared by this thread's FusedLinear loop, or None
+    act: dict = None  # ggml type -> the SIMD kernel's activation arrays of x
+
+
+_shared = _Shared()
 
 
 def _simd_activations(x: np.ndarray, ggml_type: int):
     """The SIMD kernel's activation arrays for x: quantized and laid out in one compiled call
     (legacy_simd / kquants_simd `activations`, the same bits as prep(quantize(x)))."""
-    if x is _shared_x:
-        act = _shared_act.get(ggml_type)
+    sh = _shared
+    if x is sh.x:
+        act = sh.act.get(ggml_type)
         if act is None:
-            act = _shared_act[ggml_type] = _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
+            act = sh.act[ggml_type] = _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
         return act
     return _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
 
@@ -290,7 +296,7 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
     holds `packed` (keeps the kernel's entry point, see _run_kernel)."""
     if uses_simd(ggml_type):
         mod = _SIMD[ggml_type]
-        if x is _shared_x:  # parts of a FusedLinear sharing x: its activations once per type
+        if x is _shared.x:  # parts of a FusedLinear sharing x: its activations once per type
             _run_kernel(owner, packed, mod.MV[ggml_type], _simd_activations(x, ggml_type), out)
         else:  # quantized in the kernel's own compiled call (MVX: no activation arrays through Python)
             _run_kernel(owner, packed, mod.MVX[ggml_type], (x, *mod.mvx_args(ggml_type, isa.level())), out)
@@ -600,16 +606,14 @@ class FusedLinear:
             else:
                 _prompt_packed(self.ggml_type, self._packed, x, out)
             return out
-        global _shared_x
-        prev = _shared_x
-        _shared_x = x  # the parts quantize x once per weight type (see _simd_activations)
-        _shared_act.clear()
+        sh = _shared  # this thread's: x is not written during the loop
+        prev = sh.x, sh.act
+        sh.x, sh.act = x, {}  # the parts quantize x once per weight type (see _simd_activations)
         try:
             for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
                 out[:, a:b] = p(x)
         finally:
-            _shared_x = prev
-            _shared_act.clear()
+            sh.x, sh.act = prev
         return out
 
     def split(self, y: np.ndarray) -> list[np.ndarray]:
