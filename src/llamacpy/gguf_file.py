@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GGUFError
+from .mmap_advice import advise_hugepages
 
 GGUF_MAGIC = b"GGUF"
 SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"  # gguf-split's keys
@@ -212,6 +213,7 @@ class GGUFFile:
                     raise GGUFError(f"{self.path}: not a GGUF file (bad magic {head!r})")
                 raise GGUFError(f"{self.path}: truncated GGUF file ({size} bytes)")
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            advise_hugepages(self._mmap)  # F16/BF16 weights are read in place: 2 MiB mappings (repack_cache)
         self.size = size
         self._buf = memoryview(self._mmap)
         self._parse()

@@ -1,8 +1,9 @@
 """Decode kernels for the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) on the SIMD layer (simd.py), one source for
 every level.
 
-Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)`, `mv_q2_k` .. `mv_q6_k(isa,
-...)`. Q5_K extends the Q4_K layout below; Q6_K's, Q3_K's and Q2_K's layouts are described above their kernels.
+Owns: `repack_rows(typ, raw, n_out, n_in, level)`, `prep(typ, level, qx, d, bsums)` (`activations(typ, level, x)`:
+the same from f32 x, quantized in the same call), `mv_q2_k` .. `mv_q6_k(isa, ...)`. Q5_K extends the Q4_K layout
+below; Q6_K's, Q3_K's and Q2_K's layouts are described above their kernels.
 
 Q4_K layout: one int32 lane per 64-weight chunk (ggml's Q4_K: chunk c of a super-block is 32 bytes, low nibbles =
 weights 64c..64c+31 = sub-block 2c, high nibbles = the next 32 = sub-block 2c+1). With n32 = width/4 lanes,
@@ -16,7 +17,7 @@ Rows are whole, in file order, padded to a multiple of n32 chunks with zero chun
 Arithmetic as llama.cpp's vec_dot_q4_K_q8_K: integer sums per sub-block times the integer scales,
 d * dx * sum(sc * isum) - dmin * dx * sum(m * bsum), with the f32 parts per chunk instead of per super-block
 (products of at most 63 * 60960 * 2 < 2**24: exact in f32).
-Must not: quantize activations (q8.py) or choose paths/levels (linear.py, isa.py).
+Must not: define the activation quantization (q8.py's, called as is) or choose paths/levels (linear.py, isa.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from numba.extending import intrinsic
 
 from .common import JIT, PJIT, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, f16_bits_to_f32
 from .kquants import _scale_min_k4
+from .q8 import _q8_k
 from .simd import (I8, I32, WIDTH, Vec, _c_array, _level, _ptr, _vt, dot_u8s8, vand, vcvt, vfma, vload_f16_x4, vload_f32, vload_i8, vload_i32, vload_u8_i32,
                    vload_i8_i32_x4, vmul, vmul_i32, vadd, vor, vshl, vshr, vshr4, vsplat_f32, vsub, vzero_f32,
                    vzero_i32, vhsum, width)
@@ -88,6 +90,8 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
 
 @nb.njit(**JIT)
 def _prep(qx, dq, bsums, nchp, n32):
+    """Q4_K / Q5_K activations: the bytes of chunk c's two halves in the lane layout (whole 4-byte words move,
+    as in legacy_simd._prep), the bsums of each half, the chunk's Q8_K scale."""
     n_tok, n_in = qx.shape
     nch = n_in // 64
     xa = np.zeros((n_tok, nchp * 32), np.int8)
@@ -96,12 +100,15 @@ def _prep(qx, dq, bsums, nchp, n32):
     bh = np.zeros((n_tok, nchp), np.int32)
     xd = np.zeros((n_tok, nchp), np.float32)
     for t in range(n_tok):
+        src = qx[t].view(np.int32)  # (n_in / 4,)
+        wa = xa[t].view(np.int32)
+        wb = xb[t].view(np.int32)
         for c in range(nch):
             g, k = c // n32, c % n32
-            for j in range(32):
-                o = g * 32 * n32 + (j // 4) * 4 * n32 + 4 * k + j % 4
-                xa[t, o] = qx[t, c * 64 + j]
-                xb[t, o] = qx[t, c * 64 + 32 + j]
+            o = g * 8 * n32 + k
+            for w in range(8):
+                wa[o + w * n32] = src[c * 16 + w]
+                wb[o + w * n32] = src[c * 16 + 8 + w]
             bl[t, c] = bsums[t, 4 * c] + bsums[t, 4 * c + 1]
             bh[t, c] = bsums[t, 4 * c + 2] + bsums[t, 4 * c + 3]
             xd[t, c] = dq[t, c // 4]
@@ -116,6 +123,35 @@ def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray
         xq, xo, bs, xd4 = _prep_q23(qx, dq, bsums, WIDTH[level])
         return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
     return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
+
+
+@nb.njit(cache=True, nogil=True)  # no fastmath: _q8_k's rounding stays IEEE (compiled by its own flags anyway)
+def _quant_prep(x, nchp, n32):
+    qx, dq, bsums = _q8_k(x)
+    return _prep(qx, dq, bsums, nchp, n32)
+
+
+@nb.njit(cache=True, nogil=True)
+def _quant_prep_q6(x, W):
+    qx, dq, bsums = _q8_k(x)
+    return _prep_q6(qx, dq, bsums, W)
+
+
+@nb.njit(cache=True, nogil=True)
+def _quant_prep_q23(x, W):
+    qx, dq, bsums = _q8_k(x)
+    return _prep_q23(qx, dq, bsums, W)
+
+
+def activations(typ: int, level: str, x: np.ndarray) -> tuple:
+    """prep(typ, level, *q8.quantize_q8_k(x)) -- the same arrays bit for bit -- in one compiled call (the decode
+    path's: one dispatch and no intermediate arrays handed through Python). x: (n, n_in) f32 C-contiguous."""
+    if typ == Q6_K:
+        return _quant_prep_q6(x, WIDTH[level])
+    if typ in (Q3_K, Q2_K):
+        xq, xo, bs, xd4 = _quant_prep_q23(x, WIDTH[level])
+        return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
+    return _quant_prep(x, _nchp(x.shape[1], level), WIDTH[level] // 4)
 
 
 @nb.njit(**PJIT)
@@ -526,3 +562,44 @@ def mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y):
 
 
 MV = {Q2_K: mv_q2_k, Q3_K: mv_q3_k, Q4_K: mv_q4_k, Q5_K: mv_q5_k, Q6_K: mv_q6_k}
+
+
+# Decode from f32 activations: quantize + layout and the kernel in one compiled call (no activation array is
+# handed to Python and back; see legacy_simd's MVX) -- the same arrays and kernel as
+# MV[typ](isa, *packed, *activations(typ, level, x), y). Arguments: (isa, *packed, x, n32 = width/4, W = width, y).
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, x, n32, W, y):
+    xa, xb, bl, bh, xd = _quant_prep(x, sl.shape[1], n32)
+    mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, x, n32, W, y):
+    xa, xb, bl, bh, xd = _quant_prep(x, sl.shape[1], n32)
+    mv_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q6_k(isa, qv, sc, d, x, n32, W, y):
+    xq, xo, xd = _quant_prep_q6(x, W)
+    mv_q6_k(isa, qv, sc, d, xq, xo, xd, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q3_k(isa, qv, hv, sc, d, x, n32, W, y):
+    xq, xo, _, xd4 = _quant_prep_q23(x, W)
+    mv_q3_k(isa, qv, hv, sc, d, xq, xo, xd4, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q2_k(isa, qv, scm, d, dmin, x, n32, W, y):
+    xq, _, bs, xd4 = _quant_prep_q23(x, W)
+    mv_q2_k(isa, qv, scm, d, dmin, xq, bs, xd4, y)
+
+
+MVX = {Q2_K: mvx_q2_k, Q3_K: mvx_q3_k, Q4_K: mvx_q4_k, Q5_K: mvx_q5_k, Q6_K: mvx_q6_k}
+
+
+def mvx_args(typ: int, level: str) -> tuple:
+    """The (n32, W) that MVX[typ] takes after x at `level`."""
+    return WIDTH[level] // 4, WIDTH[level]

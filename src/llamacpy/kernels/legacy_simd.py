@@ -2,7 +2,8 @@
 for every level.
 
 Owns: `repack_rows(typ, raw, n_out, n_in, level)` -> the layout below, `prep(typ, level, qx, dx[, sx])` -> the
-activations arranged to match, and `mv_q4_0` / `mv_q8_0` / `mv_q4_1` / `mv_q5_0` / `mv_q5_1(isa, ...)`.
+activations arranged to match (`activations(typ, level, x)`: the same from f32 x, quantized in the same
+call), and `mv_q4_0` / `mv_q8_0` / `mv_q4_1` / `mv_q5_0` / `mv_q5_1(isa, ...)`.
 
 Layout: one int32 lane per block. With n32 = width(level)/4 lanes, the blocks of a row go in groups of n32;
 within a group, vector step s holds bytes 4s..4s+3 of each of the n32 blocks side by side, so that after all
@@ -24,7 +25,7 @@ Q4_0's (q - 8) as -8 * sum(x) of the block, Q5_0's (q - 16) as -16 * sum(x); the
 taken as u8) as -128 * sum(x). Q4_1 / Q5_1 (vec_dot_q4_1_q8_1 / q5_1_q8_1): d*dx*sum(q*x) + m*s per block with
 Q8_1's s = f16(dx * sum(qx)), the min term FMA'd per lane into the same f32 sums. 5-bit values (0..31) times
 |x| <= 127, two per pmaddubsw pair: at most 7874, no int16 saturation on avx2.
-Must not: quantize activations (q8.py) or choose paths/levels (linear.py, isa.py).
+Must not: define the activation quantization (q8.py's, called as is) or choose paths/levels (linear.py, isa.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numba as nb
 import numpy as np
 
 from .common import BLOCK, JIT, PJIT, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+from .q8 import _q8_0
 from .simd import (S8S8_BIAS, WIDTH, dot_s8s8b, dot_u8s8, vadd, vand, vcvt, vfma, vhsum, vload_f16, vload_f32,
                    vload_i8, vload_i32, vmul, vor, vshl, vshr, vshr4, vzero_f32, vzero_i32, width)
 
@@ -117,26 +119,30 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
 def _prep(qx, dx, nbp, n32, split, off):
     """Activations in the group layout: the 4/5-bit types (split) as two arrays, x[0:16] and x[16:32] of each block
     lined up with the low and high nibbles; Q8_0 as one. Plus per-block f32 scales and the int32 start values
-    -off * sum(x) of each block's integer sum (zero padding)."""
+    -off * sum(x) of each block's integer sum (zero padding). The layout moves whole 4-byte words (byte j of a
+    block goes to word j // 4 of its lane, byte j % 4), so it is copied as int32 words."""
     n_tok, n_in = qx.shape
     nb_ = n_in // 32
     qn = 16 if split else 32
+    qw = qn // 4  # words per block per array
     xa = np.zeros((n_tok, nbp * qn), np.int8)
-    xb = np.zeros((n_tok, nbp * qn if split else 1), np.int8)
+    xb = np.zeros((n_tok, nbp * qn if split else 4), np.int8)  # (unused by Q8_0: one word, so it views as int32)
     xd = np.zeros((n_tok, nbp), np.float32)
     xo = np.zeros((n_tok, nbp), np.int32)
-    gb = n32 * qn
     for t in range(n_tok):
+        src = qx[t].view(np.int32)  # (n_in / 4,)
+        wa = xa[t].view(np.int32)
+        wb = xb[t].view(np.int32)
         for b in range(nb_):
             g, k = b // n32, b % n32
             s = 0
             for j in range(32):
                 s += np.int32(qx[t, b * 32 + j])
-            for j in range(qn):
-                o = g * gb + (j // 4) * (4 * n32) + 4 * k + (j % 4)
-                xa[t, o] = qx[t, b * 32 + j]
+            o = g * qw * n32 + k  # word of lane k at step 0
+            for w in range(qw):
+                wa[o + w * n32] = src[b * 8 + w]
                 if split:
-                    xb[t, o] = qx[t, b * 32 + 16 + j]
+                    wb[o + w * n32] = src[b * 8 + 4 + w]
             xd[t, b] = dx[t, b]
             xo[t, b] = -off * s
     return xa, xb, xd, xo
@@ -157,6 +163,34 @@ def prep(typ: int, level: str, qx: np.ndarray, dx: np.ndarray, sx: np.ndarray | 
         xs[:, :sx.shape[1]] = sx
         return xa, xb, xd, xs
     return xa, xb, xd, xo
+
+
+@nb.njit(cache=True, nogil=True)  # no fastmath: _q8_0's rounding stays IEEE (it is compiled by its own flags anyway)
+def _quant_prep(x, nbp, n32, split, off):
+    """_prep of q8._q8_0(x) in one compiled call, plus Q8_1's sums sx."""
+    qx, dx, sx = _q8_0(x)
+    xa, xb, xd, xo = _prep(qx, dx, nbp, n32, split, off)
+    return xa, xb, xd, xo, sx
+
+
+def activations(typ: int, level: str, x: np.ndarray) -> tuple:
+    """prep(typ, level, *q8.quantize_q8_0(x)) -- the same arrays bit for bit -- in one compiled call (the decode
+    path's: one dispatch and no intermediate arrays handed through Python). x: (n, n_in) f32 C-contiguous."""
+    nbp = _nbp(x.shape[1])
+    off = _OFF.get(typ, 0)
+    if off is None:
+        off = S8S8_BIAS[level]
+    xa, xb, xd, xo, sx = _quant_prep(x, nbp, WIDTH[level] // 4, typ != Q8_0, off)
+    if typ == Q8_0:
+        return xa, xd, xo
+    if typ in (Q4_1, Q5_1):
+        xs = np.zeros((x.shape[0], nbp), np.float32)  # (n_tok, nbp)
+        xs[:, :sx.shape[1]] = sx
+        return xa, xb, xd, xs
+    return xa, xb, xd, xo
+
+
+_OFF = {Q4_0: 8, Q5_0: 16, Q8_0: None}  # the integer offset prep folds into the start values (None: the level's)
 
 
 @nb.njit(**PJIT)
@@ -305,3 +339,53 @@ def mv_q5_1(isa, qs, qh, d, m, xlo, xhi, xd, xs, y):
 
 
 MV = {Q4_0: mv_q4_0, Q8_0: mv_q8_0, Q4_1: mv_q4_1, Q5_0: mv_q5_0, Q5_1: mv_q5_1}
+
+
+# Decode from f32 activations: quantize + layout (_quant_prep) and the kernel in one compiled call, so that no
+# activation array is handed to Python and back (numba boxes each returned array: ~1 us apiece here, 4-5 per
+# matmul) -- the same arrays and the same kernel as MV[typ](isa, *packed, *activations(typ, level, x), y).
+# Arguments: (isa, *packed, x (n_tok, n_in) f32 C-contiguous, n32 = width/4, off = _OFF / S8S8_BIAS, y).
+@nb.njit(cache=True, nogil=True)
+def _xs(sx, nbp):
+    xs = np.zeros((sx.shape[0], nbp), np.float32)  # (n_tok, nbp): Q8_1's sums, zero padding
+    xs[:, :sx.shape[1]] = sx
+    return xs
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_0(isa, qs, d, x, n32, off, y):
+    xa, xb, xd, xo, _ = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q4_0(isa, qs, d, xa, xb, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q8_0(isa, qs, d, x, n32, off, y):
+    xa, _, xd, xo, _ = _quant_prep(x, d.shape[1], n32, False, off)
+    mv_q8_0(isa, qs, d, xa, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q4_1(isa, qs, d, m, x, n32, off, y):
+    xa, xb, xd, _, sx = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q4_1(isa, qs, d, m, xa, xb, xd, _xs(sx, d.shape[1]), y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_0(isa, qs, qh, d, x, n32, off, y):
+    xa, xb, xd, xo, _ = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q5_0(isa, qs, qh, d, xa, xb, xd, xo, y)
+
+
+@nb.njit(cache=True, nogil=True)
+def mvx_q5_1(isa, qs, qh, d, m, x, n32, off, y):
+    xa, xb, xd, _, sx = _quant_prep(x, d.shape[1], n32, True, off)
+    mv_q5_1(isa, qs, qh, d, m, xa, xb, xd, _xs(sx, d.shape[1]), y)
+
+
+MVX = {Q4_0: mvx_q4_0, Q8_0: mvx_q8_0, Q4_1: mvx_q4_1, Q5_0: mvx_q5_0, Q5_1: mvx_q5_1}
+
+
+def mvx_args(typ: int, level: str) -> tuple:
+    """The (n32, off) that MVX[typ] takes after x at `level`."""
+    off = _OFF.get(typ, 0)
+    return WIDTH[level] // 4, S8S8_BIAS[level] if off is None else off

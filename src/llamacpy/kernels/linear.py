@@ -11,7 +11,9 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         independent of the batch);
         dequant.matvec_generic when a repack is declined. Calls of 1..DECODE_MAX tokens of the types in
         gemm_simd.SMALL take its small-tile GEMMs instead of the decode kernel (bit-exact with it, measured
-        faster). Repacked arrays come through repack_cache (written to disk once, then memory-mapped).
+        faster); the other SIMD types quantize inside the decode kernel's own compiled call (MVX). Every SIMD
+        kernel is called through its cached entry point (_run_kernel). Repacked arrays come through
+        repack_cache (written to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
         where the type has one (same repacked weights and activations; bit-exact with the decode kernel), else
         the decode kernels DECODE_MAX rows a call (Linear.prompt_by_decode: both faster at every batch size
@@ -34,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 
 import numba as nb
 import numpy as np
@@ -236,38 +239,93 @@ def _quantized(x: np.ndarray, kquant: bool):
     return res
 
 
-_prepped: dict = {}  # ggml type -> (the _quantized result it was made from, the SIMD kernel's activation arrays)
+# Inputs shared by several Linear calls: FusedLinear's parts that run one after the other (mixed types, F16)
+# quantize their common input once. Only inside FusedLinear's loop, where x is not written meanwhile.
+class _Shared(threading.local):
+    x = None  # the input being shared by this thread's FusedLinear loop, or None
+    act: dict = None  # ggml type -> the SIMD kernel's activation arrays of x
+
+
+_shared = _Shared()
 
 
 def _simd_activations(x: np.ndarray, ggml_type: int):
-    res = _quantized(x, ggml_type in KQUANTS)
-    prev = _prepped.get(ggml_type)
-    if prev is not None and prev[0] is res:
-        return prev[1]
-    act = _SIMD[ggml_type].prep(ggml_type, isa.level(), *res[:3])  # Q8_K: qx, d, bsums; Q8_0/1: qx, dx, sx
-    _prepped[ggml_type] = (res, act)
-    return act
+    """The SIMD kernel's activation arrays for x: quantized and laid out in one compiled call
+    (legacy_simd / kquants_simd `activations`, the same bits as prep(quantize(x)))."""
+    sh = _shared
+    if x is sh.x:
+        act = sh.act.get(ggml_type)
+        if act is None:
+            act = sh.act[ggml_type] = _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
+        return act
+    return _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
+
+
+# The compiled entry point of a decode kernel for one matrix, kept on the matrix's object: numba's dispatcher
+# resolves every argument's type on each call, ~6 us a call here (most of it typing the ISA token, a Python
+# typeof), ~100 calls a token. The entry point is looked up once (the dispatcher's own compiled overload for
+# the argument types of the first call) and called while the same packed arrays are passed; the activations
+# always come from the same compiled function (same types), and the output must be a C-contiguous float32
+# matrix -- anything else goes through the dispatcher.
+_F32 = np.dtype(np.float32)
+
+
+def _plain_out(out: np.ndarray) -> bool:
+    return out.dtype == _F32 and out.ndim == 2 and out.flags.c_contiguous and out.flags.writeable
+
+
+def _entry_point(fn, args):
+    try:
+        return fn.overloads[tuple(fn.typeof_pyval(a) for a in args)].entry_point
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _run_kernel(owner, weights: tuple, fn, act: tuple, out: np.ndarray, pre: tuple = ()) -> None:
+    """fn(isa token, *pre, *weights, *act, out), through the entry point cached on owner (one per kernel and
+    `pre`: the GEMM's tile) when it applies."""
+    cache = getattr(owner, "_entries", None)
+    key = (fn, pre)
+    ent = cache.get(key) if cache is not None else None
+    if ent is not None and ent[0] is weights and _plain_out(out):
+        ent[1](ent[2], *pre, *weights, *act, out)
+        return
+    tok = simd.token(isa.level())
+    args = (tok, *pre, *weights, *act, out)
+    fn(*args)
+    if owner is not None and _plain_out(out):
+        ep = _entry_point(fn, args)
+        if cache is None:
+            cache = owner._entries = {}
+        if ep is None:
+            cache.pop(key, None)
+        else:
+            cache[key] = (weights, ep, tok)
 
 
 SMALL_GEMM = True  # decode calls of 1..DECODE_MAX tokens through gemm_simd's small tiles where measured faster
 
 
-def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray) -> None:
+def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray, owner=None) -> None:
     """One decode kernel call over a repacked matrix (the layout layout_name() names). For 1..DECODE_MAX tokens of
     the explicit-SIMD types, the register-tiled GEMM with the call's tile (gemm_simd.SMALL) where it has one:
     the same arrays, every (row, token) bit for bit the decode kernel's result; measured faster (fewer
-    instructions per token; rows read as several in-order streams)."""
+    instructions per token; rows read as several in-order streams). owner: the object that holds `packed`
+    (keeps the kernels' entry points, see _run_kernel)."""
     if uses_simd(ggml_type):
+        mod = _SIMD[ggml_type]
         lv = isa.level()
-        act = _simd_activations(x, ggml_type)
         tl = gemm_simd.small_tile(ggml_type, lv, x.shape[0]) if SMALL_GEMM else None
-        if tl is None:
-            _SIMD[ggml_type].MV[ggml_type](simd.token(lv), *packed, *act, out)
-            return
-        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the GEMM stores C-ordered rows
-        gemm_simd.GEMM[ggml_type](simd.token(lv), tl, *packed, *act, y)
-        if y is not out:
-            out[...] = y
+        if tl is not None:
+            act = _simd_activations(x, ggml_type)
+            y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # C-ordered rows
+            _run_kernel(owner, packed, gemm_simd.GEMM[ggml_type], act, y, (tl,))
+            if y is not out:
+                out[...] = y
+        elif x is _shared.x:  # parts of a FusedLinear sharing x: its activations once per type
+            _run_kernel(owner, packed, mod.MV[ggml_type], _simd_activations(x, ggml_type), out)
+        else:  # quantized in the kernel's own compiled call (MVX: no activation arrays through Python)
+            _run_kernel(owner, packed, mod.MVX[ggml_type], (x, *mod.mvx_args(ggml_type, isa.level())), out)
     else:
         _MV[ggml_type](*packed, *_quantized(x, ggml_type in KQUANTS), out)
 
@@ -397,6 +455,7 @@ class LinearHalf(Linear):
         super().__init__(*a)
         self.w16 = np.asarray(self.raw).view(np.uint16).reshape(self.n_out, self.n_in)  # (n_out, n_in)
         self.kind = dense.KIND_F16 if self.ggml_type == F16 else dense.KIND_BF16
+        self._w_simd = None  # (the words as dense_simd.mv_half takes them,)
         # prompts on gemm_half.gemm_half (bit-exact with the decode kernel, so prompt rows are independent of
         # the batch: model.prompt_split_exact) at the levels it has. Measured against the f32-tile + sgemm path
         # (Linear._prompt) and the decode kernel 8 rows a call, F16, one thread, avx512vnni, GFLOP/s gemm / sgemm
@@ -421,8 +480,10 @@ class LinearHalf(Linear):
 
     def _decode(self, x, out):
         if uses_simd(self.ggml_type) and self.w16.flags.c_contiguous:
-            w = dense_simd.weights(self.w16, self.kind == dense.KIND_BF16)
-            dense_simd.mv_half(simd.token(isa.level()), w, self._round_activations(x), out)
+            w = self._w_simd
+            if w is None:
+                w = self._w_simd = (dense_simd.weights(self.w16, self.kind == dense.KIND_BF16),)
+            _run_kernel(self, w, dense_simd.mv_half, (self._round_activations(x),), out)
         else:
             dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
 
@@ -479,7 +540,7 @@ class LinearQuant(Linear):
         if self.packed is None:
             dequant.matvec_generic(self.ggml_type, self.raw, self._round_activations(x), out, F16_TABLE)
             return
-        _decode_packed(self.ggml_type, self.packed, x, out)
+        _decode_packed(self.ggml_type, self.packed, x, out, self)
 
     def _tile(self, r0, tile):
         dequant.dequant_range(self.ggml_type, self.raw, r0, tile, F16_TABLE)
@@ -586,12 +647,18 @@ class FusedLinear:
             if self._packed is None:
                 self._pack()
             if x.shape[0] <= DECODE_MAX:
-                _decode_packed(self.ggml_type, self._packed, x, out)
+                _decode_packed(self.ggml_type, self._packed, x, out, self)
             else:
                 _prompt_packed(self.ggml_type, self._packed, x, out)
             return out
-        for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
-            out[:, a:b] = p(x)
+        sh = _shared  # this thread's: x is not written during the loop
+        prev = sh.x, sh.act
+        sh.x, sh.act = x, {}  # the parts quantize x once per weight type (see _simd_activations)
+        try:
+            for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
+                out[:, a:b] = p(x)
+        finally:
+            sh.x, sh.act = prev
         return out
 
     def split(self, y: np.ndarray) -> list[np.ndarray]:

@@ -11,30 +11,50 @@ Must not: know weight layouts. No fastmath here: the rounding must match llama.c
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
+
+from .common import f32_round_f16
 
 
 _QJIT = dict(cache=True, nogil=True)  # no fastmath: division and rounding must stay IEEE
 
 
 @nb.njit(inline="always", **_QJIT)
-def _round_f16(x):
-    """float32 x rounded to the nearest float16 value (ties to even), as float32 (no overflow handling:
-    block scales are far below 65504)."""
-    if x == 0.0:
-        return np.float32(0.0)
-    m, e = math.frexp(np.float64(x))  # x = m * 2**e, 0.5 <= |m| < 1; f16 keeps 11 significant bits
-    ulp = max(e - 11, -24)  # f16 subnormals have a fixed ulp of 2**-24
-    return np.float32(np.rint(np.float64(x) * 2.0 ** (-ulp)) * 2.0 ** ulp)
+def _amax32(x, t, o):
+    """max |x[t, o:o+32]| (0 if none is > 0; NaNs skipped): four partial maxima, so the compares are not one
+    32-long dependency chain (the maximum of the same values: the same bits)."""
+    m0 = np.float32(0.0)
+    m1 = np.float32(0.0)
+    m2 = np.float32(0.0)
+    m3 = np.float32(0.0)
+    for j in range(0, 32, 4):
+        a = abs(x[t, o + j])
+        if a > m0:
+            m0 = a
+        a = abs(x[t, o + j + 1])
+        if a > m1:
+            m1 = a
+        a = abs(x[t, o + j + 2])
+        if a > m2:
+            m2 = a
+        a = abs(x[t, o + j + 3])
+        if a > m3:
+            m3 = a
+    if m1 > m0:
+        m0 = m1
+    if m3 > m2:
+        m2 = m3
+    if m2 > m0:
+        m0 = m2
+    return m0
 
 
 @nb.njit(**_QJIT)
 def _q8_0(x):
     """x (n, k) f32 -> qx (n, k) int8, dx (n, k/32) f32 (f16-exact scale amax/127), sx (n, k/32) f32 (Q8_1's
-    s = f16(d * sum q) with the unrounded d, as ggml's quantize_row_q8_1)."""
+    s = f16(d * sum q) with the unrounded d, as ggml's quantize_row_q8_1). f16 rounding: f32_round_f16 (ggml's
+    FP32_TO_FP16 on x86: nearest-even, inf past 65504)."""
     n, k = x.shape
     nb_ = k // 32
     qx = np.empty((n, k), np.int8)
@@ -42,11 +62,7 @@ def _q8_0(x):
     sx = np.empty((n, nb_), np.float32)
     for t in range(n):
         for b in range(nb_):
-            amax = np.float32(0.0)
-            for j in range(32):
-                a = abs(x[t, b * 32 + j])
-                if a > amax:
-                    amax = a
+            amax = _amax32(x, t, b * 32)
             d = amax / np.float32(127.0)
             iscale = np.float32(127.0) / amax if amax != 0.0 else np.float32(0.0)
             s = 0
@@ -54,8 +70,8 @@ def _q8_0(x):
                 q = np.int32(np.rint(x[t, b * 32 + j] * iscale))
                 qx[t, b * 32 + j] = q
                 s += q
-            dx[t, b] = _round_f16(d)
-            sx[t, b] = _round_f16(d * np.float32(s))
+            dx[t, b] = f32_round_f16(d)
+            sx[t, b] = f32_round_f16(d * np.float32(s))
     return qx, dx, sx
 
 
@@ -63,6 +79,40 @@ def quantize_q8_0(x: np.ndarray):
     """x (n, k) float32, k % 32 == 0 -> (qx int8 (n, k), dx f32 (n, k/32) f16-exact, sx f32 (n, k/32)).
     sx = f16(d * sum(q)) is Q8_1's `s` (used by Q4_1/Q5_1 for the min term)."""
     return _q8_0(x)
+
+
+@nb.njit(inline="always", **_QJIT)
+def _amax_signed256(x, t, o):
+    """(max |x[t, o:o+256]|, the signed value of its first occurrence) -- (0, 0) if none is > 0, NaNs skipped
+    -- as one forward scan with a strict > finds them; four partial scans over interleaved positions, merged
+    by value, then by the earliest position (the same bits as the single scan)."""
+    m0 = np.float32(0.0)
+    m1 = np.float32(0.0)
+    m2 = np.float32(0.0)
+    m3 = np.float32(0.0)
+    i0 = i1 = i2 = i3 = 0
+    for j in range(0, 256, 4):
+        a = abs(x[t, o + j])
+        if a > m0:
+            m0, i0 = a, j
+        a = abs(x[t, o + j + 1])
+        if a > m1:
+            m1, i1 = a, j + 1
+        a = abs(x[t, o + j + 2])
+        if a > m2:
+            m2, i2 = a, j + 2
+        a = abs(x[t, o + j + 3])
+        if a > m3:
+            m3, i3 = a, j + 3
+    if m1 > m0 or (m1 == m0 and i1 < i0):
+        m0, i0 = m1, i1
+    if m3 > m2 or (m3 == m2 and i3 < i2):
+        m2, i2 = m3, i3
+    if m2 > m0 or (m2 == m0 and i2 < i0):
+        m0, i0 = m2, i2
+    if m0 == 0.0:
+        return np.float32(0.0), np.float32(0.0)
+    return m0, x[t, o + i0]
 
 
 @nb.njit(**_QJIT)
@@ -75,13 +125,7 @@ def _q8_k(x):
     for t in range(n):
         for b in range(k // 256):
             o = b * 256
-            amax = np.float32(0.0)
-            mx = np.float32(0.0)
-            for j in range(256):
-                a = abs(x[t, o + j])
-                if a > amax:
-                    amax = a
-                    mx = x[t, o + j]
+            amax, mx = _amax_signed256(x, t, o)
             if amax == 0.0:
                 d[t, b] = 0.0
                 for j in range(256):

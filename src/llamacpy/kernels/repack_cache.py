@@ -6,7 +6,8 @@ served from the new entry's mapping. `cache_dir()`, `enabled()`, `set_enabled()`
 
 Where: $LLAMACPY_REPACK_CACHE, else $XDG_CACHE_HOME/llamacpy/repack, else ~/.cache/llamacpy/repack; one folder
 per model path (<hash>-<file name>), one entry per tensor (or fused set of tensors) and layout. Off with
-LLAMACPY_NO_REPACK_CACHE=1 or `set_enabled(False)` (the CLI's --no-repack-cache).
+LLAMACPY_NO_REPACK_CACHE=1 or `set_enabled(False)` (the CLI's --no-repack-cache). Entries are mapped with
+MADV_HUGEPAGE (`advise_hugepages`; LLAMACPY_NO_HUGEPAGES=1 turns it off): 2 MiB page-cache folios, PMD-mapped.
 Entry name: hash of (model path, tensor byte ranges, layout string incl. its version, rows per group and ISA
 level). The header repeats that key and adds the source file's identity (size, mtime_ns, inode, crc32 of its
 first and last 64 KiB): an entry whose identity no longer matches (the file changed), whose length differs
@@ -34,6 +35,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..mmap_advice import advise_hugepages
 
 MAGIC = b"LCPYRPK1"
 FORMAT = 1
@@ -165,7 +168,9 @@ def entry_path(path: str, key: dict) -> Path:
 
 
 def _read(p: Path, key: dict, ident: dict):
-    """The arrays of a valid entry (views of its private mapping), or None (absent / invalid)."""
+    """The arrays of a valid entry (views of its private mapping), or None (absent / invalid). The header is read
+    through the mapping, after advise_hugepages: a read() of it first would put the entry's first pages in the
+    page cache as small folios (normal readahead), and its first 2 MiB could then not be mapped by PMD."""
     try:
         f = open(p, "rb")
     except OSError:
@@ -174,23 +179,24 @@ def _read(p: Path, key: dict, ident: dict):
         size = os.fstat(f.fileno()).st_size
         if size < 16:
             return False
-        if f.read(8) != MAGIC:
-            return False
-        hlen = int.from_bytes(f.read(8), "little")
-        if hlen <= 0 or 16 + hlen > size:
-            return False
-        try:
-            head = json.loads(f.read(hlen).decode())
-        except (UnicodeDecodeError, ValueError):
-            return False
-        if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("key") != key:
-            return False
-        if head.get("source") != ident or head.get("size") != size:
-            return False
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: same types as in-memory arrays
         except (OSError, ValueError):
             return False
+    advise_hugepages(mm)
+    if mm[:8] != MAGIC:
+        return False
+    hlen = int.from_bytes(mm[8:16], "little")
+    if hlen <= 0 or 16 + hlen > size:
+        return False
+    try:
+        head = json.loads(mm[16:16 + hlen].decode())
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("key") != key:
+        return False
+    if head.get("source") != ident or head.get("size") != size:
+        return False
     try:
         out = []
         for a in head["arrays"]:

@@ -1,0 +1,130 @@
+"""The decode path's dispatch shortcuts (kernels/linear.py) compute what the plain calls compute, bit for bit:
+
+- `activations(typ, level, x)` of legacy_simd / kquants_simd (quantize + layout in one compiled call) equals
+  `prep(typ, level, *quantize(x))` array for array, for every SIMD type and every level this CPU runs;
+- a Linear's decode through the cached kernel entry point equals the dispatcher's call of the same kernel with
+  the activations of q8.py + prep (the reference path), for every SIMD type, also with a non-contiguous output;
+- q8.py's block maxima (partial scans) keep the single scan's choice: Q8_K's first extreme wins a tie of
+  magnitudes; its f16 scales round as ggml's FP32_TO_FP16 (nearest even, inf past 65504);
+- a FusedLinear of mixed types (run part by part, sharing the quantized input) equals its parts called alone.
+Exact equality is the claim: the same compiled code runs either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from llamacpy.kernels import isa, kquants_simd, legacy_simd, linear, q8, simd
+from llamacpy.kernels.common import KQUANTS
+from test_kernels import random_blocks
+
+LEVELS = [lv for lv in ("avx512vnni", "avxvnni", "avx2", "neon") if lv in isa.available()]
+LEGACY = [T.Q4_0, T.Q8_0, T.Q4_1, T.Q5_0, T.Q5_1]
+KQ = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+def _x(n, n_in, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    x[0, :7] = 0.0  # a zero run: amax = 0 blocks stay possible in a Q8_0 block
+    return x
+
+
+@pytest.mark.skipif(not LEVELS, reason="no SIMD level on this CPU (the generic kernels have no prep)")
+@pytest.mark.parametrize("typ", LEGACY + KQ, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_activations_equal_prep_of_quantize(typ, n):
+    t = int(typ)
+    n_in = 512 if t in KQUANTS else 96
+    x = _x(n, n_in)
+    x[-1, :] = 0.0  # an all-zero row (Q8_K's d = 0 branch)
+    for level in LEVELS:
+        if t in KQUANTS:
+            ref = kquants_simd.prep(t, level, *q8.quantize_q8_k(x))
+            got = kquants_simd.activations(t, level, x)
+        else:
+            ref = legacy_simd.prep(t, level, *q8.quantize_q8_0(x))
+            got = legacy_simd.activations(t, level, x)
+        assert len(got) == len(ref)
+        for g, r in zip(got, ref):
+            assert g.dtype == r.dtype and g.shape == r.shape
+            np.testing.assert_array_equal(g, r)
+
+
+def _linear(typ, n_out, n_in, seed):
+    raw = random_blocks(int(typ), n_out, n_in, np.random.default_rng(seed))
+    lin = linear.make_linear(int(typ), raw, (n_out, n_in), f"w{seed}")
+    lin.repack()
+    return lin
+
+
+def _reference(lin, x):
+    """The kernel called through numba's dispatcher on q8.py's quantization + prep."""
+    t, level = lin.ggml_type, isa.level()
+    mod = kquants_simd if t in KQUANTS else legacy_simd
+    qa = q8.quantize_q8_k(x) if t in KQUANTS else q8.quantize_q8_0(x)
+    y = np.empty((x.shape[0], lin.n_out), np.float32)
+    mod.MV[t](simd.token(level), *lin.packed, *mod.prep(t, level, *qa[:3]), y)
+    return y
+
+
+@pytest.mark.skipif(not linear.uses_simd(int(T.Q4_0)), reason="SIMD decode kernels off (LLAMACPY_ISA=generic)")
+@pytest.mark.parametrize("typ", LEGACY + KQ, ids=lambda t: t.name)
+def test_decode_through_entry_point_equals_dispatcher(typ):
+    n_in = 512 if int(typ) in KQUANTS else 96
+    lin = _linear(typ, 37, n_in, 1)
+    for n in (1, 2, 5):
+        x = _x(n, n_in, seed=n)
+        ref = _reference(lin, x)
+        np.testing.assert_array_equal(lin(x), ref)  # first call: dispatcher, entry point looked up
+        np.testing.assert_array_equal(lin(x), ref)  # later calls: the entry point
+        wide = np.full((n, 2 * lin.n_out), np.nan, np.float32)
+        lin(x, out=wide[:, ::2])  # a strided output: must take the dispatcher
+        np.testing.assert_array_equal(wide[:, ::2], ref)
+    mod = kquants_simd if int(typ) in KQUANTS else legacy_simd
+    from llamacpy.kernels import gemm_simd, isa
+
+    # by their entry points: the small-tile GEMM where gemm_simd.SMALL has a tile for the call, else the fused kernel
+    for n in (1, 2, 5):
+        tl = gemm_simd.small_tile(int(typ), isa.level(), n)
+        key = (gemm_simd.GEMM[int(typ)], (tl,)) if tl is not None else (mod.MVX[int(typ)], ())
+        assert key in lin._entries, (n, tl)
+
+
+@pytest.mark.skipif(not linear.uses_simd(int(T.Q4_K)), reason="SIMD decode kernels off (LLAMACPY_ISA=generic)")
+def test_mixed_fused_parts_share_input_exactly():
+    parts = [_linear(T.Q4_K, 64, 512, 2), _linear(T.Q4_K, 32, 512, 3), _linear(T.Q6_K, 32, 512, 4)]
+    fused = linear.fuse_linears(parts)
+    assert not fused._fusable  # mixed types: parts one after the other
+    x = _x(2, 512, seed=9)
+    y = fused(x)
+    alone = np.concatenate([_reference(p, x) for p in parts], axis=1)
+    np.testing.assert_array_equal(y, alone)
+    assert linear._shared.x is None and linear._shared.act is None  # nothing kept after the call
+
+
+def test_q8_k_first_extreme_of_equal_magnitude_wins():
+    x = np.zeros((4, 256), np.float32)
+    x[0, 7], x[0, 2] = 5.0, -5.0  # different partial scans (7 % 4 != 2 % 4): the earlier one, -5, is max
+    x[1, 2], x[1, 7] = 5.0, -5.0
+    x[2, 9], x[2, 5] = -3.0, 3.0  # same partial scan (9 % 4 == 5 % 4)
+    x[3, 255], x[3, 0] = -1.0, 1.0
+    _, d, _ = q8.quantize_q8_k(x)
+    for t, first in enumerate([-5.0, 5.0, 3.0, 1.0]):
+        assert d[t, 0] == np.float32(1.0) / (np.float32(-127.0) / np.float32(first))
+
+
+def test_q8_0_scales_round_to_f16_as_ggml():
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 256)) * 100).astype(np.float32)
+    x[1, :32] = 30000.0  # Q8_1's s = d * sum(q) = 30000 / 127 * 127 * 32 overflows f16: inf, as ggml's
+    qx, dx, sx = q8.quantize_q8_0(x)
+    amax = np.abs(x.reshape(2, 8, 32)).max(-1)
+    d = amax / np.float32(127.0)
+    np.testing.assert_array_equal(dx, d.astype(np.float16).astype(np.float32))
+    s = qx.reshape(2, 8, 32).astype(np.int32).sum(-1)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(sx, (d * s.astype(np.float32)).astype(np.float16).astype(np.float32))
+    assert np.isinf(sx[1, 0])
