@@ -4,7 +4,7 @@ Run as `python neon_codegen_child.py SPECS_JSON`. Before numba loads, llvmlite i
 aarch64-unknown-linux-gnu (CPU "generic" with +neon,+dotprod), so numba's whole pipeline -- the parallel
 gufunc wrappers included -- emits AArch64 code. Nothing compiled here may run (it is not this CPU's code): only
 the kernels named in the specs are compiled, from argument *types* (tiny zero arrays of the recorded dtype and
-ndim), never called. Prints one JSON object {kernel name: {"sdot": n, "fcvtl": n, "x86": n, "lines": n}}.
+ndim, or a GEMM's tile token), never called. Prints one JSON object {kernel name: {"sdot": n, "fcvtl": n, "x86": n, "lines": n}}.
 The numba cache goes to a temporary folder, so no AArch64 object ever lands in the project's cache.
 Must not: import anything that runs jitted code at import time.
 """
@@ -36,12 +36,22 @@ from llamacpy.kernels import simd  # noqa: E402
 X86_MNEMONICS = ("vpdpbusd", "vpmaddubsw", "vcvtph2ps", "zmm", "ymm", "xmm")
 
 
+def _arg(spec):
+    """A stand-in of the recorded type: ["tile", rt, tt, spread] a gemm_simd tile token, else (dtype, ndim)."""
+    if spec[0] == "tile":
+        from llamacpy.kernels import gemm_simd
+
+        return gemm_simd.tile(*spec[1:])
+    dt, nd = spec
+    return np.zeros((1,) * nd, dt)
+
+
 def main(specs: list) -> dict:
     tok = simd.token("neon")
     out = {}
     for name, module, func, arg_specs in specs:
         disp = getattr(importlib.import_module(module), func)
-        args = [tok] + [np.zeros((1,) * nd, dt) for dt, nd in arg_specs]
+        args = [tok] + [_arg(a) for a in arg_specs]
         sig = tuple(typeof(a) for a in args)
         disp.compile(sig)
         asm = disp.inspect_asm(sig)

@@ -1,6 +1,6 @@
 """Child process of test_neon_emulated.py: compile NEON kernels for AArch64 and *run* them on an emulated AArch64 CPU.
 
-Run as `python neon_emulate_child.py CASES.npz MODULE:FUNC ...`. As in neon_codegen_child.py, llvmlite is told
+Run as `python neon_emulate_child.py CASES.npz CASE=MODULE:FUNC[:RTxTT[s]] ...` (a GEMM's tile token first). As in neon_codegen_child.py, llvmlite is told
 the process triple is aarch64 before numba loads, so numba's JIT links AArch64 code into this (x86) process's
 memory, where it must never be called. Each kernel is compiled as a serial twin (the same Python source under
 njit without parallel=True: prange runs as range, the loop body is the same code) for the argument arrays of its
@@ -59,20 +59,21 @@ def _maps():
     return out
 
 
-def _flat_args(tok, arrays):
-    """The native convention's integer arguments after (retptr, excinfo): the token's opaque pointer, then each
-    array's data-model members."""
-    vals = [0]
+def _flat_args(tok, pre, arrays):
+    """The native convention's integer arguments after (retptr, excinfo): the level token's and each `pre`
+    token's opaque pointer (the GEMM's tile), then each array's data-model members."""
+    vals = [0] * (1 + len(pre))
     for a in arrays:
         vals += [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides]
     return vals
 
 
-def run(disp_src, arrays, jit_code):
-    """Compile the serial twin of disp_src for `arrays` and run it under Unicorn; returns (status, externals)."""
+def run(disp_src, pre, arrays, jit_code):
+    """Compile the serial twin of disp_src(token, *pre, *arrays) and run it under Unicorn; returns (status,
+    externals)."""
     tok = simd.token("neon")
     twin = nb.njit(fastmath=True, nogil=True)(disp_src.py_func)
-    sig = (typeof(tok),) + tuple(typeof(a) for a in arrays)
+    sig = (typeof(tok),) + tuple(typeof(a) for a in (*pre, *arrays))
     before = {(lo, hi) for lo, hi, perm, path in _maps() if "x" in perm}
     twin.compile(sig)
     cres = twin.overloads[sig]
@@ -80,7 +81,7 @@ def run(disp_src, arrays, jit_code):
     jit_code |= {(lo, hi) for lo, hi, perm, path in _maps() if "x" in perm and not path} - before
     n_ir_args = len(list(ll.parse_assembly(cres.library.get_llvm_str()).get_function(
         cres.fndesc.llvm_func_name).arguments))
-    args = _flat_args(tok, arrays)
+    args = _flat_args(tok, pre, arrays)
     assert n_ir_args == 2 + len(args), f"native signature has {n_ir_args} arguments, packed {2 + len(args)}"
 
     regions = _maps()
@@ -132,11 +133,17 @@ def run(disp_src, arrays, jit_code):
 def main(cases_path, specs):
     data = np.load(cases_path)
     results, outs, jit_code = {}, {}, set()
-    for spec in specs:  # "case=module:func:n_arrays"
+    for spec in specs:  # "case=module:func" or "case=module:func:RTxTT[s]" (a GEMM's tile before the arrays)
         case, target = spec.split("=")
-        module, func = target.split(":")
+        module, func, *tile = target.split(":")
+        pre = ()
+        if tile:
+            from llamacpy.kernels import gemm_simd
+
+            rt, tt = tile[0].rstrip("s").split("x")
+            pre = (gemm_simd.tile(int(rt), int(tt), tile[0].endswith("s")),)
         arrays = [np.ascontiguousarray(data[f"{case}/{i}"]) for i in range(int(data[f"{case}/n"]))]
-        status, externals = run(getattr(importlib.import_module(module), func), arrays, jit_code)
+        status, externals = run(getattr(importlib.import_module(module), func), pre, arrays, jit_code)
         outs[case] = arrays[-1]
         results[case] = dict(status=int(status), externals=externals)
     np.savez(cases_path[:-4] + ".out.npz", **outs)

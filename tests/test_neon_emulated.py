@@ -10,7 +10,8 @@ test_gemm_simd.py, with the same references and tolerance (1e-5 of max |ref|: f3
     - the prompt GEMMs (Q4_0, Q8_0, Q4_K, Q6_K; tiles with row and token remainders) bit for bit equal to the
       NEON matvec on the same data (the property prefix reuse and batching rest on), and so to the reference;
     - the F16/BF16 matvec (odd token count: the single-token tail loop; n_in with a scalar tail).
-The parallel wrappers themselves are checked to compile for AArch64 in test_neon_codegen.py.
+The parallel wrappers themselves are checked to compile for AArch64 in test_neon_codegen.py, and so is the F16/BF16
+prompt GEMM (gemm_half), which is not run here: it allocates its packing buffers (NRT calls into x86 code).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def _cases(rng):
             cases[f"mv-{name}"] = (f"{mod.__name__}:{mod.MV[typ].__name__}",
                                    [*packed, *act, np.full((n_tok, n_out), np.nan, np.float32)], ref)
             if typ in gemm_simd.GEMM:
-                cases[f"gemm-{name}"] = (f"{gemm_simd.__name__}:{gemm_simd.GEMM[typ].__name__}",
-                                         [*packed, *act, np.full((n_tok, n_out), np.nan, np.float32)], ref)
+                tl = gemm_simd.prompt_tile(typ, "neon")
+                target = f"{gemm_simd.__name__}:{gemm_simd.GEMM[typ].__name__}:{tl.rt}x{tl.tt}{'s' if tl.spread else ''}"
+                cases[f"gemm-{name}"] = (target, [*packed, *act, np.full((n_tok, n_out), np.nan, np.float32)], ref)
     for bf in (False, True):
         bits, vals = _half(bf, 5, 1000, rng, extreme=False)
         x = (bf16_round if bf else f16_round)(rng.standard_normal((5, 1000)).astype(np.float32))
