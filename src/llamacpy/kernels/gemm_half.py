@@ -98,8 +98,8 @@ def _tile_codegen(level, bf16, RT, TT):
             p = builder.bitcast(builder.gep(WP, [off]), _vt(I16, L).as_pointer())
             h = builder.load(p, align=1)
             if bf16:
-                u = builder.shl(builder.zext(h, _vt(I32, L)), ir.Constant(_vt(I32, L), [16] * L))
-                return builder.bitcast(u, vf)
+                b = builder.shl(builder.zext(h, _vt(I32, L)), ir.Constant(_vt(I32, L), [16] * L))
+                return builder.bitcast(b, vf)
             return builder.fpext(builder.bitcast(h, _vt(ir.HalfType(), L)), vf)
 
         def xvec(j, u):  # token j's vector in slot u (see pack_tokens)
