@@ -80,9 +80,10 @@ def test_decode_through_entry_point_equals_dispatcher(typ):
         ref = _reference(lin, x)
         np.testing.assert_array_equal(lin(x), ref)  # first call: dispatcher, entry point looked up
         np.testing.assert_array_equal(lin(x), ref)  # later calls: the entry point
-        wide = np.full((n, 2 * lin.n_out), np.nan, np.float32)
-        lin(x, out=wide[:, ::2])  # a strided output: must take the dispatcher
-        np.testing.assert_array_equal(wide[:, ::2], ref)
+        if typ in (T.Q4_0, T.Q4_K):  # (two types: each compiles its kernel once more, for a strided output)
+            wide = np.full((n, 2 * lin.n_out), np.nan, np.float32)
+            lin(x, out=wide[:, ::2])  # a strided output: must take the dispatcher
+            np.testing.assert_array_equal(wide[:, ::2], ref)
     mod = kquants_simd if int(typ) in KQUANTS else legacy_simd
     from llamacpy.kernels import gemm_simd, isa
 
