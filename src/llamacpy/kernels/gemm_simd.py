@@ -116,7 +116,10 @@ def prompt_tile(typ: int, level: str) -> Tile:
 
 @typeof_impl.register(Tile)
 def _typeof_tile(val, c):
-    return TileType(val.rt, val.tt, val.spread)
+    t = val.__dict__.get("_nbtype")
+    if t is None:  # made once per token: constructing (interning) a numba Type per call measured 3.5 us vs 1.2
+        t = val._nbtype = TileType(val.rt, val.tt, val.spread)
+    return t
 
 
 register_model(TileType)(models.OpaqueModel)
