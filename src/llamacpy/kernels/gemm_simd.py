@@ -63,7 +63,10 @@ BLOCK_BYTES = 768 << 10
 # independent streams per core. From cache the two orders are alike; software prefetch of the contiguous tiles'
 # next rows (2 or 8 tiles ahead) measured no gain. Tables (n = 1..8, per type): benchmarks/RESULTS.md, "Decode
 # calls (1..8 tokens) through spread GEMM tiles" (None here: the decode kernel measured best). Measured on
-# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels.
+# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels. A new entry needs
+# tests/test_gemm_simd.py's bitwise checks: with fast-math flags (here and in simd.vmul / vfma) LLVM may
+# reassociate cvt(isum) * (d_w * d_x) differently per context -- an avx2 1x1 and a generic 4x3 tile differ from
+# the decode kernel in the last bit on ~1 % of outputs (neither is used).
 # Few distinct tiles per type: each is one more compilation on a first run (Q4_0 n=6 / 8 take 2x3 / 2x4,
 # within 1 / 6 % of the best).
 _S = lambda *t: {n: (tl[0], tl[1], True) for n, tl in enumerate(t, 1) if tl is not None}
