@@ -63,9 +63,14 @@ BLOCK_BYTES = 768 << 10
 # independent streams per core. From cache the two orders are alike; software prefetch of the contiguous tiles'
 # next rows (2 or 8 tiles ahead) measured no gain. Tables (n = 1..8, per type): benchmarks/RESULTS.md, "Decode
 # calls (1..8 tokens) through spread GEMM tiles" (None here: the decode kernel measured best). Measured on
-# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels.
+# avx512vnni and avx2 (Zen 4/5 VM, one thread); the other levels keep the decode kernels. A new entry needs
+# tests/test_gemm_simd.py's bitwise checks: with fast-math flags (here and in simd.vmul / vfma) LLVM may
+# reassociate cvt(isum) * (d_w * d_x) differently per context -- an avx2 1x1 and a generic 4x3 tile differ from
+# the decode kernel in the last bit on ~1 % of outputs (neither is used).
+# Few distinct tiles per type: each is one more compilation on a first run (Q4_0 n=6 / 8 take 2x3 / 2x4,
+# within 1 / 6 % of the best).
 _S = lambda *t: {n: (tl[0], tl[1], True) for n, tl in enumerate(t, 1) if tl is not None}
-SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (2, 4), (3, 4)),
+SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (2, 3), (2, 4), (2, 4)),
                 "avx2": _S((3, 1), (3, 1), (2, 3), (2, 4), None, (2, 3), (2, 4), (2, 4))},
          Q8_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (4, 3), (4, 3), (4, 3)),
                 "avx2": _S((2, 1), (2, 1), (3, 1), (2, 2), None, (2, 2), (3, 1), (2, 2))},
@@ -114,7 +119,10 @@ def prompt_tile(typ: int, level: str) -> Tile:
 
 @typeof_impl.register(Tile)
 def _typeof_tile(val, c):
-    return TileType(val.rt, val.tt, val.spread)
+    t = val.__dict__.get("_nbtype")
+    if t is None:  # made once per token: constructing (interning) a numba Type per call measured 3.5 us vs 1.2
+        t = val._nbtype = TileType(val.rt, val.tt, val.spread)
+    return t
 
 
 register_model(TileType)(models.OpaqueModel)
