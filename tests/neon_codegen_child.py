@@ -5,28 +5,14 @@ aarch64-unknown-linux-gnu (CPU "generic" with +neon,+dotprod), so numba's whole 
 gufunc wrappers included -- emits AArch64 code. Nothing compiled here may run (it is not this CPU's code): only
 the kernels named in the specs are compiled, from argument *types* (tiny zero arrays of the recorded dtype and
 ndim, or a GEMM's tile token), never called. Prints one JSON object {kernel name: {"sdot": n, "fcvtl": n, "x86": n, "lines": n}}.
-The numba cache goes to a temporary folder, so no AArch64 object ever lands in the project's cache.
 Must not: import anything that runs jitted code at import time.
 """
 
+import importlib
 import json
-import os
 import sys
-import tempfile
 
-os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="llamacpy-neon-")
-os.environ["NUMBA_CPU_NAME"] = "generic"
-os.environ["NUMBA_CPU_FEATURES"] = "+neon,+dotprod,+fp-armv8,+fullfp16"
-
-import llvmlite.binding as ll  # noqa: E402
-
-ll.initialize_all_targets()
-ll.initialize_all_asmprinters()
-TRIPLE = "aarch64-unknown-linux-gnu"
-ll.get_process_triple = lambda: TRIPLE
-ll.Target.from_default_triple = classmethod(lambda cls: ll.Target.from_triple(TRIPLE))
-
-import importlib  # noqa: E402
+import neon_target  # noqa: F401,E402  (before numba: AArch64 code generation)
 
 import numpy as np  # noqa: E402
 from numba import typeof  # noqa: E402

@@ -17,24 +17,11 @@ Must not: run anything jitted natively (it is AArch64 code).
 """
 
 import ctypes
+import importlib
 import json
-import os
 import sys
-import tempfile
 
-os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="llamacpy-neon-")
-os.environ["NUMBA_CPU_NAME"] = "generic"
-os.environ["NUMBA_CPU_FEATURES"] = "+neon,+dotprod,+fp-armv8,+fullfp16"
-
-import llvmlite.binding as ll  # noqa: E402
-
-ll.initialize_all_targets()
-ll.initialize_all_asmprinters()
-TRIPLE = "aarch64-unknown-linux-gnu"
-ll.get_process_triple = lambda: TRIPLE
-ll.Target.from_default_triple = classmethod(lambda cls: ll.Target.from_triple(TRIPLE))
-
-import importlib  # noqa: E402
+from neon_target import ll  # noqa: E402  (before numba: AArch64 code generation)
 
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402

@@ -148,21 +148,28 @@ def _prep(qx, dx, nbp, n32, split, off):
     return xa, xb, xd, xo
 
 
-def prep(typ: int, level: str, qx: np.ndarray, dx: np.ndarray, sx: np.ndarray | None = None) -> tuple:
-    """Q8_0 activations (qx (n, n_in) int8, dx (n, n_in/32) f32; for Q4_1/Q5_1 also Q8_1's sx (n, n_in/32) f32)
-    -> the kernel's activation arrays."""
-    nbp = _nbp(qx.shape[1])
-    off = {Q4_0: 8, Q5_0: 16, Q8_0: S8S8_BIAS[level]}.get(typ, 0)
-    xa, xb, xd, xo = _prep(qx, dx, nbp, WIDTH[level] // 4, typ != Q8_0, off)
+def _offset(typ: int, level: str) -> int:
+    """The integer offset the activation layout folds into the start values (see _OFF)."""
+    off = _OFF.get(typ, 0)
+    return S8S8_BIAS[level] if off is None else off
+
+
+def _for_kernel(typ: int, xa, xb, xd, xo, sx):
+    """The activation arrays MV[typ] takes, from the layout's arrays (and Q8_1's sums for Q4_1/Q5_1)."""
     if typ == Q8_0:
         return xa, xd, xo
     if typ in (Q4_1, Q5_1):
-        if sx is None:
-            raise ValueError("Q4_1/Q5_1 need Q8_1's block sums sx")
-        xs = np.zeros((qx.shape[0], nbp), np.float32)  # (n_tok, nbp)
-        xs[:, :sx.shape[1]] = sx
-        return xa, xb, xd, xs
+        return xa, xb, xd, _xs(sx, xd.shape[1])
     return xa, xb, xd, xo
+
+
+def prep(typ: int, level: str, qx: np.ndarray, dx: np.ndarray, sx: np.ndarray | None = None) -> tuple:
+    """Q8_0 activations (qx (n, n_in) int8, dx (n, n_in/32) f32; for Q4_1/Q5_1 also Q8_1's sx (n, n_in/32) f32)
+    -> the kernel's activation arrays."""
+    if typ in (Q4_1, Q5_1) and sx is None:
+        raise ValueError("Q4_1/Q5_1 need Q8_1's block sums sx")
+    xa, xb, xd, xo = _prep(qx, dx, _nbp(qx.shape[1]), WIDTH[level] // 4, typ != Q8_0, _offset(typ, level))
+    return _for_kernel(typ, xa, xb, xd, xo, sx)
 
 
 @nb.njit(cache=True, nogil=True)  # no fastmath: _q8_0's rounding stays IEEE (it is compiled by its own flags anyway)
@@ -176,18 +183,7 @@ def _quant_prep(x, nbp, n32, split, off):
 def activations(typ: int, level: str, x: np.ndarray) -> tuple:
     """prep(typ, level, *q8.quantize_q8_0(x)) -- the same arrays bit for bit -- in one compiled call (the decode
     path's: one dispatch and no intermediate arrays handed through Python). x: (n, n_in) f32 C-contiguous."""
-    nbp = _nbp(x.shape[1])
-    off = _OFF.get(typ, 0)
-    if off is None:
-        off = S8S8_BIAS[level]
-    xa, xb, xd, xo, sx = _quant_prep(x, nbp, WIDTH[level] // 4, typ != Q8_0, off)
-    if typ == Q8_0:
-        return xa, xd, xo
-    if typ in (Q4_1, Q5_1):
-        xs = np.zeros((x.shape[0], nbp), np.float32)  # (n_tok, nbp)
-        xs[:, :sx.shape[1]] = sx
-        return xa, xb, xd, xs
-    return xa, xb, xd, xo
+    return _for_kernel(typ, *_quant_prep(x, _nbp(x.shape[1]), WIDTH[level] // 4, typ != Q8_0, _offset(typ, level)))
 
 
 _OFF = {Q4_0: 8, Q5_0: 16, Q8_0: None}  # the integer offset prep folds into the start values (None: the level's)
@@ -387,5 +383,4 @@ MVX = {Q4_0: mvx_q4_0, Q8_0: mvx_q8_0, Q4_1: mvx_q4_1, Q5_0: mvx_q5_0, Q5_1: mvx
 
 def mvx_args(typ: int, level: str) -> tuple:
     """The (n32, off) that MVX[typ] takes after x at `level`."""
-    off = _OFF.get(typ, 0)
-    return WIDTH[level] // 4, S8S8_BIAS[level] if off is None else off
+    return WIDTH[level] // 4, _offset(typ, level)
