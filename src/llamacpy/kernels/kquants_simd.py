@@ -115,13 +115,17 @@ def _prep(qx, dq, bsums, nchp, n32):
     return xa, xb, bl, bh, xd
 
 
+def _pick_q23(typ: int, xq, xo, bs, xd4) -> tuple:
+    """Of _prep_q23's arrays, the ones MV[typ] takes: Q3_K the offsets, Q2_K the block sums."""
+    return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
+
+
 def prep(typ: int, level: str, qx: np.ndarray, dq: np.ndarray, bsums: np.ndarray) -> tuple:
     """Q8_K activations (qx (n, n_in) int8, d (n, n_in/256) f32, bsums (n, n_in/16)) -> the kernel's arrays."""
     if typ == Q6_K:
         return _prep_q6(qx, dq, bsums, WIDTH[level])
     if typ in (Q3_K, Q2_K):
-        xq, xo, bs, xd4 = _prep_q23(qx, dq, bsums, WIDTH[level])
-        return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
+        return _pick_q23(typ, *_prep_q23(qx, dq, bsums, WIDTH[level]))
     return _prep(qx, dq, bsums, _nchp(qx.shape[1], level), WIDTH[level] // 4)
 
 
@@ -149,8 +153,7 @@ def activations(typ: int, level: str, x: np.ndarray) -> tuple:
     if typ == Q6_K:
         return _quant_prep_q6(x, WIDTH[level])
     if typ in (Q3_K, Q2_K):
-        xq, xo, bs, xd4 = _quant_prep_q23(x, WIDTH[level])
-        return (xq, xo, xd4) if typ == Q3_K else (xq, bs, xd4)
+        return _pick_q23(typ, *_quant_prep_q23(x, WIDTH[level]))
     return _quant_prep(x, _nchp(x.shape[1], level), WIDTH[level] // 4)
 
 
