@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
+from .kquants_simd import _ir_q6_top
 from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -295,9 +296,11 @@ def _q4_k_codegen(level, RT, TT):
 
 
 def _q6_k_codegen(level, RT, TT):
-    """One Q6_K tile (mv_q6_k's arrays: qv, sc, d, xq, xo, xd, y; then r0, t0, t_end): per super-block, per
-    vector of units, mv_q6_k's 6-bit value building (once per row), dots, integer scale products, and the f32
-    d_w * d_x scaling in the same order."""
+    """One Q6_K tile (mv_q6_k's arrays: qv, sc, d, xq, xo, xd, y; then r0, rs, t0, t_end): per super-block, per
+    vector of 16 sub-block lanes... of width/4 sub-block lanes, mv_q6_k's ops -- the 6-bit values built once per
+    row (step 3's first, then B_m & 63: the row's three byte vectors die one by one), the dots starting at the
+    tokens' -32 * bsum offsets, one multiply by the sign-extended scales per vector, and per super-block the f32
+    part cvt(isum) * splat(d_w * d_x) + acc in the same order."""
     W = WIDTH[level]
     n32 = W // 4
     vi32, vf32 = _vt(I32, n32), _vt(F32, n32)
@@ -313,53 +316,39 @@ def _q6_k_codegen(level, RT, TT):
         n_out = shp(Y)[1]
         r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]
         c = lambda v: ir.Constant(I64, v)
-        k8 = lambda v: ir.Constant(_vt(I8, W), [v] * W)
+        m63 = ir.Constant(_vt(I8, W), [63] * W)
         rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
         f16 = lambda i, S: builder.fpext(builder.bitcast(builder.load(builder.gep(A.data[D], [
             builder.add(builder.mul(rows[i], nS), S)])), ir.HalfType()), F32)
         facc = [[cgutils.alloca_once_value(builder, ir.Constant(vf32, None)) for _ in range(TT)] for _ in range(RT)]
         z = ir.Constant(vi32, None)
-        rep4 = ir.Constant(_vt(I32, n32), [k // 4 for k in range(n32)])
         with cgutils.for_range(builder, nS) as loop:
             S = loop.index
             isum = [[z] * TT for _ in range(RT)]
+            rsb = [builder.add(builder.mul(rows[i], nS), S) for i in range(RT)]  # row i's super-block S
+            tsb = [builder.add(builder.mul(toks[j], nS), S) for j in range(TT)]
             for v in range(nv):
-                x0 = [builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(256)), c(v * 4 * W))
-                      for j in range(TT)]
-                o0 = [builder.add(builder.mul(builder.add(builder.mul(toks[j], nS), S), c(64)), c(v * W))
-                      for j in range(TT)]
-                # the row's quant bytes once per vector; then step by step (k outer), so that only one step's
-                # activations and scales are live at a time (k inner kept all TT x 4 activation vectors live
-                # across the rows: spills; 3x3 tile, 512 tokens, 1 thread, same run: 82-84 -> 100 GOP/s)
-                AB, s0 = [], []
-                for i in range(RT):
-                    rsb = builder.add(builder.mul(rows[i], nS), S)  # the row's super-block S
-                    q0 = builder.add(builder.mul(rsb, c(192)), c(v * 3 * W))
-                    s0.append(builder.add(builder.mul(rsb, c(16)), c(v * n32)))
-                    AB.append([A.vec(builder, QV, builder.add(q0, c(m * W)), I8, W) for m in range(3)])
-                for k in range(4):
+                x0 = [builder.add(builder.mul(tsb[j], c(256)), c(v * 4 * W)) for j in range(TT)]
+                q0 = [builder.add(builder.mul(rsb[i], c(192)), c(v * 3 * W)) for i in range(RT)]
+                acc = [[A.vec(builder, XO, builder.add(builder.mul(tsb[j], c(16)), c(v * n32)), I32, n32)
+                        for j in range(TT)] for _ in range(RT)]
+                for k in (3, 0, 1, 2):
                     xq = [A.vec(builder, XQ, builder.add(x0[j], c(k * W)), I8, W) for j in range(TT)]
-                    xo = [A.vec(builder, XO, builder.add(o0[j], c(k * n32)), I32, n32) for j in range(TT)]
                     for i in range(RT):
-                        Av, Bv, Hv = AB[i]
-                        if k == 0:
-                            q = builder.or_(builder.and_(Av, k8(15)), builder.shl(builder.and_(Hv, k8(3)), k8(4)))
-                        elif k == 1:
-                            q = builder.or_(builder.and_(Bv, k8(15)), builder.shl(builder.and_(Hv, k8(12)), k8(2)))
-                        elif k == 2:
-                            q = builder.or_(builder.lshr(Av, k8(4)), builder.and_(Hv, k8(48)))
-                        else:
-                            q = builder.or_(builder.lshr(Bv, k8(4)), builder.lshr(builder.and_(Hv, k8(192)), k8(2)))
-                        sv = A.vec(builder, SC, builder.add(s0[i], c(k * W // 16)), I8, n32 // 4)
-                        sv = builder.sext(builder.shuffle_vector(sv, ir.Constant(_vt(I8, n32 // 4), None), rep4), vi32)
+                        B = lambda m: A.vec(builder, QV, builder.add(q0[i], c(m * W)), I8, W)
+                        q = _ir_q6_top(builder, B(0), B(1), B(2)) if k == 3 else builder.and_(B(k), m63)
                         for j in range(TT):
-                            a = ir_dot_u8s8(builder, level, xo[j], q, xq[j])
-                            isum[i][j] = builder.add(isum[i][j], builder.mul(a, sv))
+                            acc[i][j] = ir_dot_u8s8(builder, level, acc[i][j], q, xq[j])
+                for i in range(RT):
+                    sv = builder.sext(A.vec(builder, SC, builder.add(builder.mul(rsb[i], c(16)), c(v * n32)), I8,
+                                            n32), vi32)
+                    for j in range(TT):
+                        isum[i][j] = builder.add(isum[i][j], builder.mul(acc[i][j], sv))
             for i in range(RT):
                 dw = f16(i, S)
                 for j in range(TT):
-                    dx = builder.load(builder.gep(A.data[XD], [builder.add(builder.mul(toks[j], nS), S)]))
+                    dx = builder.load(builder.gep(A.data[XD], [tsb[j]]))
                     sc = builder.fmul(dw, dx, flags=FAST)
                     spl = builder.shuffle_vector(builder.insert_element(ir.Constant(vf32, None), sc, ir.Constant(
                         I32, 0)), ir.Constant(vf32, None), ir.Constant(_vt(I32, n32), [0] * n32))

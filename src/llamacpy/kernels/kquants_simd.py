@@ -36,7 +36,7 @@ from .simd import (I8, I32, WIDTH, Vec, _c_array, _level, _ptr, _vt, dot_u8s8, v
                    vzero_i32, vhsum, width)
 
 TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: Q6_K one int32 lane per sub-block
 
 
 def _nchp(n_in: int, level: str) -> int:
@@ -191,58 +191,95 @@ def mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
 
 
 # -- Q6_K ------------------------------------------------------------------------------------------------------
-# ggml's Q6_K half n (128 weights) of a super-block: ql[64n + l], ql[64n + 32 + l], qh[32n + l] for l < 32 give
-# the four 6-bit values of weights 128n + 32j + l (j = 0..3: low nibble of the first / second ql byte, high
-# nibble of the first / second, with qh bits 2j..2j+1 on top); scale index 8n + 2j + l // 16.
-# Here: "units" u = 0..3 of 16 l-values each (half n = u // 2, l in [16 (u % 2), +16)); one vector holds
-# width/16 units' bytes of the first ql byte (A), the second (B) and qh (H), side by side -- per super-block
-# 64/width vectors of 3 x width bytes (192 bytes: the file's 192 quant bytes, reordered). Step j of a vector
-# builds the j-th 6-bit values of all its units and dots them with the matching activations: 4 int32 lanes per
-# unit, each lane starting at -8 * bsum of its sub-block (the -32 offset: 4 lanes x 8 = 32), then multiplied
-# by the sub-block's scale (int8, stored in the order the steps read them, repeated over the 4 lanes).
-#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (read order); d (n_out, nS) uint16 (f16 bits)
+# ggml's Q6_K weight w = 128n + 32j + l of a super-block (n = 0..1, j = 0..3, l = 0..31): the low 4 bits are the
+# low (j = 0, 1) or high (j = 2, 3) nibble of ql[64n + 32 (j % 2) + l], bits 4..5 are qh[32n + l] bits 2j..2j+1;
+# value q - 32 (q = 0..63), sub-block w // 16 with int8 scale scales[w // 16].
+# Here one int32 lane is one sub-block (as Q3_K / Q2_K): a super-block is 64/width vectors c of n = width/4
+# lanes, lane j of vector c = sub-block c*n + j (sub-blocks in file order, so the scales and the Q8_K bsums are
+# already in lane order; no padding at any width). Byte i of lane j at step k (0..3) is weight 16 (c n + j) +
+# 4k + i, so the activations of a step are whole 4-byte words of x. A vector is 3 byte vectors B0, B1, B2 of
+# width bytes: B_m = q(step m) | ((q(step 3) >> 2m) & 3) << 6 -- steps 0..2 are B_m & 63 (one AND), step 3 the
+# three top bit pairs gathered by _q6_top (6 ops); 192 bytes per super-block, the file's 192 quant bytes. After
+# the 4 steps (dots starting at -32 * bsum of the lane's sub-block: the -32 offset) each lane holds its
+# sub-block's whole sum: ONE multiply by the sign-extended int8 scales per vector; the f32 part once per
+# super-block, acc = cvt(isum) * splat(d_w * d_x) + acc, as before.
+# |lane| <= 32 * 128 * 16 * 128 = 2**23 per vector, 4 vectors at width 16: the int32 sums are exact.
+#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (ggml's scales); d (n_out, nS) uint16 (f16 bits)
+#     -- 210 bytes per super-block, as the file
+# Activations (prep): xq (n, nS*256) int8 (words permuted as above), xo (n, nS*16) int32 = -32 * bsums, xd = d.
+
+
+def _ir_q6_top(builder, b0, b1, b2):
+    """IR of step 3's 6-bit values from B0, B1, B2 (<width x i8>): ((((B0 & 0xC0) >> 2 | B1 & 0xC0) >> 2 |
+    B2 & 0xC0) >> 2, the shifts done on 16-bit lanes (one instruction on x86: the bits shifted across a byte
+    boundary are zero, masked before)."""
+    n8 = b0.type.count
+    v8, v16 = ir.VectorType(I8, n8), ir.VectorType(ir.IntType(16), n8 // 2)
+    m = ir.Constant(v8, [0xC0] * n8)
+    two = ir.Constant(v16, [2] * (n8 // 2))
+    sh = lambda v: builder.bitcast(builder.lshr(builder.bitcast(v, v16), two), v8)
+    t = sh(builder.and_(b0, m))
+    t = sh(builder.or_(t, builder.and_(b1, m)))
+    return sh(builder.or_(t, builder.and_(b2, m)))
+
+
+@intrinsic
+def _q6_top(typingctx, b0, b1, b2):
+    if not (isinstance(b0, Vec) and b0.elem == types.int8 and b0 == b1 == b2):
+        return None
+
+    def cg(context, builder, sig, args):
+        return _ir_q6_top(builder, *args)
+
+    return b0(b0, b1, b2), cg
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _interleave_q6(blk, W, qv, sc, d):
+    """blk (n_out, nS, 210) ggml's Q6_K blocks -> qv, sc, d (layout above)."""
     n_out, nS, _ = blk.shape
-    upv = W // 16
-    nv = 4 // upv
+    n = W // 4
     for r in nb.prange(n_out):
+        q = np.empty(256, np.uint8)  # the super-block's 6-bit values in weight order
         for S in range(nS):
             d[r, S] = np.uint16(blk[r, S, 208]) | (np.uint16(blk[r, S, 209]) << np.uint16(8))
-            for v in range(nv):
-                o = S * 192 + v * 3 * W
-                for p in range(upv):
-                    u = v * upv + p
-                    n, lh = u // 2, u % 2
-                    for i in range(16):
-                        qv[r, o + p * 16 + i] = blk[r, S, 64 * n + 16 * lh + i]
-                        qv[r, o + W + p * 16 + i] = blk[r, S, 64 * n + 32 + 16 * lh + i]
-                        qv[r, o + 2 * W + p * 16 + i] = blk[r, S, 128 + 32 * n + 16 * lh + i]
-                    for j in range(4):
-                        sc[r, S * 16 + v * 4 * upv + j * upv + p] = np.int8(blk[r, S, 192 + 8 * n + 2 * j + lh])
+            for s in range(16):
+                sc[r, S * 16 + s] = np.int8(blk[r, S, 192 + s])
+            for w in range(256):
+                hn, j, l = w // 128, (w % 128) // 32, w % 32
+                nib = (np.uint8(blk[r, S, 64 * hn + 32 * (j % 2) + l]) >> np.uint8(4 * (j // 2))) & np.uint8(15)
+                hb = (np.uint8(blk[r, S, 128 + 32 * hn + l]) >> np.uint8(2 * j)) & np.uint8(3)
+                q[w] = nib | (hb << np.uint8(4))
+            for c in range(64 // W):
+                o = S * 192 + c * 3 * W
+                for j in range(n):
+                    for i in range(4):
+                        w0 = 16 * (c * n + j) + i
+                        q3 = q[w0 + 12]
+                        for m in range(3):
+                            top = ((q3 >> np.uint8(2 * m)) & np.uint8(3)) << np.uint8(6)
+                            qv[r, o + m * W + 4 * j + i] = q[w0 + 4 * m] | top
 
 
 @nb.njit(**JIT)
 def _prep_q6(qx, dq, bsums, W):
+    """xq: word k of each sub-block at step k of its lane; xo = -32 * bsums (lane order = sub-block order)."""
     n_tok, n_in = qx.shape
     nS = n_in // 256
-    upv = W // 16
-    nv = 4 // upv
+    n = W // 4
     xq = np.empty((n_tok, n_in), np.int8)
-    xo = np.empty((n_tok, nS * 64), np.int32)
     for t in range(n_tok):
+        src = qx[t].view(np.int32)  # (n_in / 4,)
+        dst = xq[t].view(np.int32)
         for S in range(nS):
-            for v in range(nv):
-                for j in range(4):
-                    for p in range(upv):
-                        u = v * upv + p
-                        n, lh = u // 2, u % 2
-                        for i in range(16):
-                            xq[t, S * 256 + v * 4 * W + j * W + p * 16 + i] = qx[t, S * 256 + 128 * n + 32 * j + 16 * lh + i]
-                        for q in range(4):
-                            xo[t, S * 64 + v * W + j * (W // 4) + p * 4 + q] = -8 * bsums[t, S * 16 + 8 * n + 2 * j + lh]
+            for c in range(64 // W):
+                for k in range(4):
+                    for j in range(n):
+                        dst[S * 64 + c * 4 * n + k * n + j] = src[S * 64 + (c * n + j) * 4 + k]
+    xo = np.empty(bsums.shape, np.int32)
+    for t in range(n_tok):
+        for b in range(bsums.shape[1]):
+            xo[t, b] = -32 * bsums[t, b]
     return xq, xo, dq
 
 
@@ -251,32 +288,24 @@ def mv_q6_k(isa, qv, sc, d, xq, xo, xd, y):
     n_tok, n_out = y.shape
     nS = d.shape[1]
     W = width(isa)
-    nv = 64 // W
+    n = W // 4
     for r in nb.prange(n_out):
         for t in range(n_tok):
             acc = vzero_f32(isa)
             for S in range(nS):
                 isum = vzero_i32(isa)
-                for v in range(nv):
-                    q0 = r * nS * 192 + S * 192 + v * 3 * W
-                    x0 = t * nS * 256 + S * 256 + v * 4 * W
-                    o0 = t * nS * 64 + S * 64 + v * W
-                    s0 = r * nS * 16 + S * 16 + v * (W // 4)
-                    A = vload_i8(isa, qv, q0)
-                    B = vload_i8(isa, qv, q0 + W)
-                    Hh = vload_i8(isa, qv, q0 + 2 * W)
-                    q = vor(vand(A, 15), vshl(vand(Hh, 3), 4))
-                    a = dot_u8s8(isa, vload_i32(isa, xo, o0), q, vload_i8(isa, xq, x0))
-                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0)))
-                    q = vor(vand(B, 15), vshl(vand(Hh, 12), 2))
-                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 4), q, vload_i8(isa, xq, x0 + W))
-                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 16)))
-                    q = vor(vshr4(A), vand(Hh, 48))
-                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + W // 2), q, vload_i8(isa, xq, x0 + 2 * W))
-                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + W // 8)))
-                    q = vor(vshr4(B), vshr(vand(Hh, 192), 2))
-                    a = dot_u8s8(isa, vload_i32(isa, xo, o0 + 3 * W // 4), q, vload_i8(isa, xq, x0 + 3 * W))
-                    isum = vadd(isum, vmul_i32(a, vload_i8_i32_x4(isa, sc, s0 + 3 * W // 16)))
+                for c in range(64 // W):
+                    q0 = (r * nS + S) * 192 + c * 3 * W
+                    x0 = (t * nS + S) * 256 + c * 4 * W
+                    B0 = vload_i8(isa, qv, q0)
+                    B1 = vload_i8(isa, qv, q0 + W)
+                    B2 = vload_i8(isa, qv, q0 + 2 * W)
+                    a = vload_i32(isa, xo, (t * nS + S) * 16 + c * n)
+                    a = dot_u8s8(isa, a, _q6_top(B0, B1, B2), vload_i8(isa, xq, x0 + 3 * W))
+                    a = dot_u8s8(isa, a, vand(B0, 63), vload_i8(isa, xq, x0))
+                    a = dot_u8s8(isa, a, vand(B1, 63), vload_i8(isa, xq, x0 + W))
+                    a = dot_u8s8(isa, a, vand(B2, 63), vload_i8(isa, xq, x0 + 2 * W))
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, (r * nS + S) * 16 + c * n)))
                 acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
             y[t, r] = vhsum(acc)
 
@@ -289,7 +318,6 @@ def _repack_q6(raw, n_out, n_in, level):
     d = np.empty((n_out, nS), np.uint16)
     _interleave_q6(blk, WIDTH[level], qv, sc, d)
     return qv, sc, d
-
 
 
 # -- Q5_K ------------------------------------------------------------------------------------------------------
