@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
-from .kquants_simd import _ir_q6_top
+from .kquants_simd import _ir_q6_f32, _ir_q6_top
 from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -297,15 +297,15 @@ def _q4_k_codegen(level, RT, TT):
 
 
 def _q6_k_codegen(level, RT, TT):
-    """One Q6_K tile (mv_q6_k's arrays: qv, sc, d, xq, xo, xd, y; then r0, rs, t0, t_end): per super-block, per
-    vector of 16 sub-block lanes... of width/4 sub-block lanes, mv_q6_k's ops -- the 6-bit values built once per
-    row (step 3's first, then B_m & 63: the row's three byte vectors die one by one), the dots starting at the
-    tokens' -32 * bsum offsets, one multiply by the sign-extended scales per vector, and per super-block the f32
-    part cvt(isum) * splat(d_w * d_x) + acc in the same order."""
+    """One Q6_K tile (mv_q6_k's arrays: qv, sc, d, xq, xo, xd4, y; then r0, rs, t0, t_end): per group of width/16
+    super-blocks, then per tail super-block, mv_q6_k's ops -- per vector the 6-bit values built once per row
+    (step 3's first, then B_m & 63: the row's byte vectors die one by one), the dots starting at the tokens'
+    -32 * bsum offsets, one multiply by the sign-extended scales; the f32 part (kquants_simd._ir_q6_f32) in the same
+    order."""
     W = WIDTH[level]
     n32 = W // 4
+    G = W // 16
     vi32, vf32 = _vt(I32, n32), _vt(F32, n32)
-    nv = 64 // W
 
     def cg(context, builder, sig, args):
         nar = 7
@@ -320,41 +320,62 @@ def _q6_k_codegen(level, RT, TT):
         m63 = ir.Constant(_vt(I8, W), [63] * W)
         rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
-        f16 = lambda i, S: builder.fpext(builder.bitcast(builder.load(builder.gep(A.data[D], [
-            builder.add(builder.mul(rows[i], nS), S)])), ir.HalfType()), F32)
+        lrow = [builder.mul(r, builder.mul(nS, c(16))) for r in rows]  # first lane of each row / token
+        ltok = [builder.mul(t, builder.mul(nS, c(16))) for t in toks]
         facc = [[cgutils.alloca_once_value(builder, ir.Constant(vf32, None)) for _ in range(TT)] for _ in range(RT)]
         z = ir.Constant(vi32, None)
-        with cgutils.for_range(builder, nS) as loop:
-            S = loop.index
-            isum = [[z] * TT for _ in range(RT)]
-            rsb = [builder.add(builder.mul(rows[i], nS), S) for i in range(RT)]  # row i's super-block S
-            tsb = [builder.add(builder.mul(toks[j], nS), S) for j in range(TT)]
-            for v in range(nv):
-                x0 = [builder.add(builder.mul(tsb[j], c(256)), c(v * 4 * W)) for j in range(TT)]
-                q0 = [builder.add(builder.mul(rsb[i], c(192)), c(v * 3 * W)) for i in range(RT)]
-                acc = [[A.vec(builder, XO, builder.add(builder.mul(tsb[j], c(16)), c(v * n32)), I32, n32)
-                        for j in range(TT)] for _ in range(RT)]
-                for k in (3, 0, 1, 2):
-                    xq = [A.vec(builder, XQ, builder.add(x0[j], c(k * W)), I8, W) for j in range(TT)]
-                    for i in range(RT):
-                        B = lambda m: A.vec(builder, QV, builder.add(q0[i], c(m * W)), I8, W)
-                        q = _ir_q6_top(builder, B(0), B(1), B(2)) if k == 3 else builder.and_(B(k), m63)
-                        for j in range(TT):
-                            acc[i][j] = ir_dot_u8s8(builder, level, acc[i][j], q, xq[j])
+
+        def vec(L, isum):
+            """isum[i][j] + one vector's sums (first lane L of the row) times the scales."""
+            lr = [builder.add(lrow[i], L) for i in range(RT)]
+            lt = [builder.add(ltok[j], L) for j in range(TT)]
+            acc = [[A.vec(builder, XO, lt[j], I32, n32) for j in range(TT)] for _ in range(RT)]
+            for k in (3, 0, 1, 2):
+                xq = [A.vec(builder, XQ, builder.add(builder.mul(lt[j], c(16)), c(k * W)), I8, W) for j in range(TT)]
                 for i in range(RT):
-                    sv = builder.sext(A.vec(builder, SC, builder.add(builder.mul(rsb[i], c(16)), c(v * n32)), I8,
-                                            n32), vi32)
+                    B = lambda m: A.vec(builder, QV, builder.add(builder.mul(lr[i], c(12)), c(m * W)), I8, W)
+                    q = _ir_q6_top(builder, B(0), B(1), B(2)) if k == 3 else builder.and_(B(k), m63)
                     for j in range(TT):
-                        isum[i][j] = builder.add(isum[i][j], builder.mul(acc[i][j], sv))
+                        acc[i][j] = ir_dot_u8s8(builder, level, acc[i][j], q, xq[j])
+            out = [[None] * TT for _ in range(RT)]
             for i in range(RT):
-                dw = f16(i, S)
+                sv = builder.sext(A.vec(builder, SC, lr[i], I8, n32), vi32)
                 for j in range(TT):
-                    dx = builder.load(builder.gep(A.data[XD], [tsb[j]]))
-                    sc = builder.fmul(dw, dx, flags=FAST)
-                    spl = builder.shuffle_vector(builder.insert_element(ir.Constant(vf32, None), sc, ir.Constant(
-                        I32, 0)), ir.Constant(vf32, None), ir.Constant(_vt(I32, n32), [0] * n32))
-                    p = builder.fmul(builder.sitofp(isum[i][j], vf32), spl, flags=FAST)
-                    builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
+                    out[i][j] = builder.add(isum[i][j], builder.mul(acc[i][j], sv))
+            return out
+
+        def f32(isum, dv, xdv):
+            for i in range(RT):
+                for j in range(TT):
+                    builder.store(_ir_q6_f32(builder, isum[i][j], dv[i], xdv[j], builder.load(facc[i][j])), facc[i][j])
+
+        def splat(x):
+            return builder.shuffle_vector(builder.insert_element(ir.Constant(vf32, None), x, ir.Constant(I32, 0)),
+                                          ir.Constant(vf32, None), ir.Constant(_vt(I32, n32), [0] * n32))
+
+        nG = builder.udiv(nS, c(G))
+        rep4 = ir.Constant(_vt(I32, n32), [k // 4 for k in range(n32)])
+        with cgutils.for_range(builder, nG) as loop:  # the groups
+            g = loop.index
+            isum = [[z] * TT for _ in range(RT)]
+            for v in range(4):
+                isum = vec(builder.mul(builder.add(builder.mul(g, c(4)), c(v)), c(n32)), isum)
+            S0 = builder.mul(g, c(G))
+            dv = [builder.fpext(builder.bitcast(builder.shuffle_vector(
+                A.vec(builder, D, builder.add(builder.mul(rows[i], nS), S0), I16, G), ir.Constant(_vt(I16, G), None),
+                rep4), _vt(ir.HalfType(), n32)), vf32) for i in range(RT)]
+            xdv = [A.vec(builder, XD, builder.add(builder.mul(toks[j], builder.mul(nS, c(4))), builder.mul(S0, c(4))),
+                         F32, n32) for j in range(TT)]
+            f32(isum, dv, xdv)
+        with cgutils.for_range_slice(builder, builder.mul(nG, c(G)), nS, c(1)) as (S, _):  # the tail
+            isum = [[z] * TT for _ in range(RT)]
+            for v in range(64 // W):
+                isum = vec(builder.add(builder.mul(S, c(16)), c(v * n32)), isum)
+            dv = [splat(builder.fpext(builder.bitcast(builder.load(builder.gep(A.data[D], [
+                builder.add(builder.mul(rows[i], nS), S)])), ir.HalfType()), F32)) for i in range(RT)]
+            xdv = [splat(builder.load(builder.gep(A.data[XD], [
+                builder.add(builder.mul(toks[j], builder.mul(nS, c(4))), builder.mul(S, c(4)))]))) for j in range(TT)]
+            f32(isum, dv, xdv)
         _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 

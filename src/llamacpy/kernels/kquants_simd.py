@@ -194,19 +194,22 @@ def mv_q4_k(isa, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y):
 # ggml's Q6_K weight w = 128n + 32j + l of a super-block (n = 0..1, j = 0..3, l = 0..31): the low 4 bits are the
 # low (j = 0, 1) or high (j = 2, 3) nibble of ql[64n + 32 (j % 2) + l], bits 4..5 are qh[32n + l] bits 2j..2j+1;
 # value q - 32 (q = 0..63), sub-block w // 16 with int8 scale scales[w // 16].
-# Here one int32 lane is one sub-block (as Q3_K / Q2_K): a super-block is 64/width vectors c of n = width/4
-# lanes, lane j of vector c = sub-block c*n + j (sub-blocks in file order, so the scales and the Q8_K bsums are
-# already in lane order; no padding at any width). Byte i of lane j at step k (0..3) is weight 16 (c n + j) +
-# 4k + i, so the activations of a step are whole 4-byte words of x. A vector is 3 byte vectors B0, B1, B2 of
-# width bytes: B_m = q(step m) | ((q(step 3) >> 2m) & 3) << 6 -- steps 0..2 are B_m & 63 (one AND), step 3 the
-# three top bit pairs gathered by _q6_top (6 ops); 192 bytes per super-block, the file's 192 quant bytes. After
-# the 4 steps (dots starting at -32 * bsum of the lane's sub-block: the -32 offset) each lane holds its
-# sub-block's whole sum: ONE multiply by the sign-extended int8 scales per vector; the f32 part once per
-# super-block, acc = cvt(isum) * splat(d_w * d_x) + acc, as before.
-# |lane| <= 32 * 128 * 16 * 128 = 2**23 per vector, 4 vectors at width 16: the int32 sums are exact.
-#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (ggml's scales); d (n_out, nS) uint16 (f16 bits)
+# Here one int32 lane is one sub-block (as Q3_K / Q2_K): with n = width/4 lanes, super-blocks go in groups of
+# G = width/16 (4 at width 64, 2 at 32, 1 at 16); a group is 4 vectors c whose lane j is sub-block 4c + j % 4 of
+# the group's super-block j // 4. The last nS % G super-blocks (the tail: no padding, the bytes stay the file's)
+# are 64/width vectors each, lane j of vector c = sub-block c*n + j. Byte i of a lane at step k (0..3) is weight
+# 4k + i of its sub-block, so the activations of a step are whole 4-byte words of x. A vector is 3 byte vectors
+# B0, B1, B2 of width bytes: B_m = q(step m) | ((q(step 3) >> 2m) & 3) << 6 -- steps 0..2 are B_m & 63 (one
+# AND), step 3 the three top bit pairs gathered by _q6_top (6 ops); 192 bytes per super-block, the file's 192
+# quant bytes reordered. After the 4 steps (dots starting at -32 * bsum of the lane's sub-block: the -32 offset)
+# each lane holds its sub-block's whole sum: ONE multiply by the sign-extended int8 scales (stored in lane order)
+# per vector, and the f32 part once per group (tail: per super-block): acc = fma(cvt(isum) * d_w, d_x, acc), d_w /
+# d_x of each lane's super-block (vcvtph2ps of the f16 repeated 4 times; tail: splats), see _ir_q6_f32.
+# |lane| <= 32 * 128 * 16 * 128 = 2**23 per vector, at most 4 per lane and group: the int32 sums are exact.
+#     qv (n_out, nS*192) uint8; sc (n_out, nS*16) int8 (lane order); d (n_out, nS) uint16 (f16 bits)
 #     -- 210 bytes per super-block, as the file
-# Activations (prep): xq (n, nS*256) int8 (words permuted as above), xo (n, nS*16) int32 = -32 * bsums, xd = d.
+# Activations (prep): xq (n, nS*256) int8 (words in the lane order above), xo (n, nS*16) int32 = -32 * bsums
+# (lane order), xd4 (n, nS*4) f32 = each super-block's Q8_K d repeated 4 times.
 
 
 def _ir_q6_top(builder, b0, b1, b2):
@@ -234,79 +237,127 @@ def _q6_top(typingctx, b0, b1, b2):
     return b0(b0, b1, b2), cg
 
 
+def _ir_q6_f32(builder, isum, dw, dx, acc):
+    """IR of acc + cvt(isum) * dw * dx in exactly this association: flag `contract` only (one FMA where the level
+    has it), never reassociated -- with fast-math flags LLVM picked (cvt * dw) * dx in one context and
+    cvt * (dw * dx) in another, and the GEMM differed from mv_q6_k in the last bit."""
+    C = ("contract",)
+    f = builder.fmul(builder.sitofp(isum, ir.VectorType(ir.FloatType(), isum.type.count)), dw, flags=C)
+    return builder.fadd(builder.fmul(f, dx, flags=C), acc, flags=C)
+
+
+@intrinsic
+def _q6_f32(typingctx, isum, dw, dx, acc):
+    if not (isinstance(isum, Vec) and isum.elem == types.int32 and isinstance(acc, Vec) and acc == dw == dx
+            and acc.elem == types.float32 and acc.n == isum.n):
+        return None
+
+    def cg(context, builder, sig, args):
+        return _ir_q6_f32(builder, *args)
+
+    return acc(isum, dw, dx, acc), cg
+
+
+@nb.njit(cache=True)
+def _q6_lane(W, nS, L):
+    """Lane L of a row's lanes -> (super-block, sub-block) it holds (layout above)."""
+    G, n = W // 16, W // 4
+    nG = nS // G
+    if L < nG * G * 16:
+        vi, j = L // n, L % n
+        return (vi // 4) * G + j // 4, 4 * (vi % 4) + j % 4
+    return L // 16, L % 16
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _interleave_q6(blk, W, qv, sc, d):
     """blk (n_out, nS, 210) ggml's Q6_K blocks -> qv, sc, d (layout above)."""
     n_out, nS, _ = blk.shape
     n = W // 4
     for r in nb.prange(n_out):
-        q = np.empty(256, np.uint8)  # the super-block's 6-bit values in weight order
+        q = np.empty((nS, 256), np.uint8)  # the row's 6-bit values in weight order
         for S in range(nS):
             d[r, S] = np.uint16(blk[r, S, 208]) | (np.uint16(blk[r, S, 209]) << np.uint16(8))
-            for s in range(16):
-                sc[r, S * 16 + s] = np.int8(blk[r, S, 192 + s])
             for w in range(256):
                 hn, j, l = w // 128, (w % 128) // 32, w % 32
                 nib = (np.uint8(blk[r, S, 64 * hn + 32 * (j % 2) + l]) >> np.uint8(4 * (j // 2))) & np.uint8(15)
                 hb = (np.uint8(blk[r, S, 128 + 32 * hn + l]) >> np.uint8(2 * j)) & np.uint8(3)
-                q[w] = nib | (hb << np.uint8(4))
-            for c in range(64 // W):
-                o = S * 192 + c * 3 * W
-                for j in range(n):
-                    for i in range(4):
-                        w0 = 16 * (c * n + j) + i
-                        q3 = q[w0 + 12]
-                        for m in range(3):
-                            top = ((q3 >> np.uint8(2 * m)) & np.uint8(3)) << np.uint8(6)
-                            qv[r, o + m * W + 4 * j + i] = q[w0 + 4 * m] | top
+                q[S, w] = nib | (hb << np.uint8(4))
+        for L in range(nS * 16):
+            S, s = _q6_lane(W, nS, L)
+            vi, j = L // n, L % n
+            sc[r, L] = np.int8(blk[r, S, 192 + s])
+            for i in range(4):
+                q3 = q[S, 16 * s + 12 + i]
+                for m in range(3):
+                    top = ((q3 >> np.uint8(2 * m)) & np.uint8(3)) << np.uint8(6)
+                    qv[r, vi * 3 * W + m * W + 4 * j + i] = q[S, 16 * s + 4 * m + i] | top
 
 
 @nb.njit(**JIT)
 def _prep_q6(qx, dq, bsums, W):
-    """xq: word k of each sub-block at step k of its lane; xo = -32 * bsums (lane order = sub-block order)."""
+    """xq: word k of each lane's sub-block at step k of its vector; xo = -32 * bsums in lane order; xd4."""
     n_tok, n_in = qx.shape
     nS = n_in // 256
     n = W // 4
     xq = np.empty((n_tok, n_in), np.int8)
+    xo = np.empty((n_tok, nS * 16), np.int32)
+    xd4 = np.empty((n_tok, nS * 4), np.float32)
     for t in range(n_tok):
         src = qx[t].view(np.int32)  # (n_in / 4,)
         dst = xq[t].view(np.int32)
+        for L in range(nS * 16):
+            S, s = _q6_lane(W, nS, L)
+            vi, j = L // n, L % n
+            xo[t, L] = -32 * bsums[t, S * 16 + s]
+            for k in range(4):
+                dst[vi * W + k * n + j] = src[S * 64 + s * 4 + k]
         for S in range(nS):
-            for c in range(64 // W):
-                for k in range(4):
-                    for j in range(n):
-                        dst[S * 64 + c * 4 * n + k * n + j] = src[S * 64 + (c * n + j) * 4 + k]
-    xo = np.empty(bsums.shape, np.int32)
-    for t in range(n_tok):
-        for b in range(bsums.shape[1]):
-            xo[t, b] = -32 * bsums[t, b]
-    return xq, xo, dq
+            for q in range(4):
+                xd4[t, S * 4 + q] = dq[t, S]
+    return xq, xo, xd4
+
+
+@nb.njit(**JIT)
+def _q6_vec(isa, qv, xq, xo, q0, x0, o0):
+    """One vector's sub-block sums (q0: its byte offset in qv, x0 in xq, o0: its first lane in xo)."""
+    W = width(isa)
+    B0 = vload_i8(isa, qv, q0)
+    B1 = vload_i8(isa, qv, q0 + W)
+    B2 = vload_i8(isa, qv, q0 + 2 * W)
+    a = vload_i32(isa, xo, o0)
+    a = dot_u8s8(isa, a, _q6_top(B0, B1, B2), vload_i8(isa, xq, x0 + 3 * W))
+    a = dot_u8s8(isa, a, vand(B0, 63), vload_i8(isa, xq, x0))
+    a = dot_u8s8(isa, a, vand(B1, 63), vload_i8(isa, xq, x0 + W))
+    a = dot_u8s8(isa, a, vand(B2, 63), vload_i8(isa, xq, x0 + 2 * W))
+    return a
 
 
 @nb.njit(**PJIT)
-def mv_q6_k(isa, qv, sc, d, xq, xo, xd, y):
+def mv_q6_k(isa, qv, sc, d, xq, xo, xd4, y):
     n_tok, n_out = y.shape
     nS = d.shape[1]
     W = width(isa)
     n = W // 4
+    G = W // 16
+    nG = nS // G
     for r in nb.prange(n_out):
         for t in range(n_tok):
             acc = vzero_f32(isa)
-            for S in range(nS):
+            for g in range(nG):
+                isum = vzero_i32(isa)
+                for c in range(4):
+                    L = (4 * g + c) * n  # the vector's first lane
+                    a = _q6_vec(isa, qv, xq, xo, (r * nS * 16 + L) * 12, (t * nS * 16 + L) * 16, t * nS * 16 + L)
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * nS * 16 + L)))
+                acc = _q6_f32(isum, vload_f16_x4(isa, d, r * nS + g * G), vload_f32(isa, xd4, t * nS * 4 + g * n), acc)
+            for S in range(nG * G, nS):  # the tail
                 isum = vzero_i32(isa)
                 for c in range(64 // W):
-                    q0 = (r * nS + S) * 192 + c * 3 * W
-                    x0 = (t * nS + S) * 256 + c * 4 * W
-                    B0 = vload_i8(isa, qv, q0)
-                    B1 = vload_i8(isa, qv, q0 + W)
-                    B2 = vload_i8(isa, qv, q0 + 2 * W)
-                    a = vload_i32(isa, xo, (t * nS + S) * 16 + c * n)
-                    a = dot_u8s8(isa, a, _q6_top(B0, B1, B2), vload_i8(isa, xq, x0 + 3 * W))
-                    a = dot_u8s8(isa, a, vand(B0, 63), vload_i8(isa, xq, x0))
-                    a = dot_u8s8(isa, a, vand(B1, 63), vload_i8(isa, xq, x0 + W))
-                    a = dot_u8s8(isa, a, vand(B2, 63), vload_i8(isa, xq, x0 + 2 * W))
-                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, (r * nS + S) * 16 + c * n)))
-                acc = vfma(vcvt(isum), vsplat_f32(isa, f16_bits_to_f32(d[r, S]) * xd[t, S]), acc)
+                    L = S * 16 + c * n
+                    a = _q6_vec(isa, qv, xq, xo, (r * nS * 16 + L) * 12, (t * nS * 16 + L) * 16, t * nS * 16 + L)
+                    isum = vadd(isum, vmul_i32(a, _vload_s8_i32(isa, sc, r * nS * 16 + L)))
+                acc = _q6_f32(isum, vsplat_f32(isa, f16_bits_to_f32(d[r, S])), vsplat_f32(isa, xd4[t, S * 4]), acc)
             y[t, r] = vhsum(acc)
 
 
@@ -612,8 +663,8 @@ def mvx_q5_k(isa, qs, qh, sl, sh, ml, mh, d, dmin, x, n32, W, y):
 
 @nb.njit(cache=True, nogil=True)
 def mvx_q6_k(isa, qv, sc, d, x, n32, W, y):
-    xq, xo, xd = _quant_prep_q6(x, W)
-    mv_q6_k(isa, qv, sc, d, xq, xo, xd, y)
+    xq, xo, xd4 = _quant_prep_q6(x, W)
+    mv_q6_k(isa, qv, sc, d, xq, xo, xd4, y)
 
 
 @nb.njit(cache=True, nogil=True)
