@@ -48,7 +48,7 @@ TILE = {"avx512vnni": (4, 3), "avxvnni": (4, 3), "avx2": (4, 3), "neon": (4, 4),
 # Q4_K keeps two int32 sums per (row, token), Q6_K one per vector of sub-block lanes: their own tiles (Q6_K
 # measured on the one-lane-per-sub-block layout, benchmarks/RESULTS.md "j10")
 TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon": (3, 3), "generic": (2, 2)},
-          Q6_K: {"avx512vnni": (4, 3), "avxvnni": (3, 3), "avx2": (3, 4), "neon": (4, 3), "generic": (2, 2)}}
+          Q6_K: {"avx512vnni": (4, 4), "avxvnni": (4, 4), "avx2": (2, 4), "neon": (4, 3), "generic": (2, 2)}}
 # activation bytes per outer token block (whole tiles, at least one): those tokens' activations are re-read from
 # cache for every row tile, so they should stay in L2. Measured as fixed token counts on Q4_0/Q8_0 5632x2048 x 512
 # tokens (2 / 4 KiB a token), one thread: 32 -> 225/228 GOP/s, 64 -> 257/270, 128 -> 274/292, 256 -> 275/300; as
@@ -78,8 +78,8 @@ SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (2, 3),
                 "avx2": _S((2, 1), (2, 1), (3, 1), (2, 2), None, (2, 2), (3, 1), (2, 2))},
          Q4_K: {"avx512vnni": _S((2, 1), (2, 2), (2, 3), (2, 2), (2, 3), (2, 3), (2, 2), (2, 2)),
                 "avx2": _S((2, 1), (2, 2), (3, 3), (2, 2), (2, 2), (2, 2), (2, 2), (2, 2))},
-         Q6_K: {"avx512vnni": _S((3, 1), (3, 2), (3, 3), (2, 4), (2, 4), (3, 3), (2, 4), (2, 4)),
-                "avx2": _S((3, 1), (3, 2), (3, 3), (3, 4), (3, 2), (3, 2), (3, 4), (3, 4))}}
+         Q6_K: {"avx512vnni": _S((3, 1), (3, 2), (3, 3), (3, 4), None, (3, 3), (3, 4), (3, 4)),
+                "avx2": _S((3, 1), (3, 2), (2, 3), (3, 2), (3, 2), (3, 2), (3, 4), (3, 2))}}
 
 
 # -- the tile token: a value whose numba type carries (RT, TT), as simd.Isa carries the level ------------------
