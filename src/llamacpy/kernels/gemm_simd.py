@@ -10,8 +10,8 @@ decode calls, per token count) with `prompt_tile` / `small_tile`.
 
 A tile (a `tile(RT, TT, spread)` token: its numba type carries the shape, so each shape compiles and caches its
 own kernel) = RT rows x TT tokens whose RT*TT int32 and f32 accumulators live in registers: per group of
-width/4 blocks (chunks; Q6_K: per super-block), each weight vector is loaded (and nibble-split) once and dotted
-with the TT tokens' activation vectors, each activation vector once for the RT rows. The micro-kernel is one
+width/4 blocks (chunks; Q6_K: width/16 super-blocks), each weight vector is loaded (and nibble-split) once and
+dotted with the TT tokens' activation vectors, each activation vector once for the RT rows. The micro-kernel is one
 numba intrinsic whose loop body is LLVM IR built here (Python loops over the tile unroll at compile time); the
 integer dot steps are simd.py's (`ir_dot_u8s8`, `ir_dot_s8s8b`). Parallel over row tiles (prange), tokens in
 tiles inside, in blocks of BLOCK_BYTES of activations so the activations being reused stay in L2. Row tile rt
