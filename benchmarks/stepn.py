@@ -3,7 +3,8 @@
 Usage: PYTHONPATH=src python benchmarks/stepn.py MODEL.gguf [THREADS] [--reps 12] [--ns 1,2,3,4,8] [--parts]
 Loads MODEL with 8 sequences, gives each a 32-token prompt, then per n times forward_batch of n tokens (one per
 sequence 0..n-1) with linear.SMALL_GEMM on and off in turn (same run, same load), best (min) and median ms of
---reps steps after 2 warm-ups each (and 4 untimed steps per n and mode first) (on a shared machine the best is the steadier figure). The ratio column is the issue-12 figure: the n-token step over the 1-token step.
+--reps steps after 2 warm-ups each (and 4 untimed steps per n and mode first), the n values in turn every rep
+(on a shared machine the best is the steadier figure). The ratio column is the issue-12 figure: the n-token step over the 1-token step.
 With --parts (small GEMMs on only): where an n-token step goes -- the matmuls per matrix shape, attention over
 the cache, the other per-layer kernels and the Python in between -- each part's best over the reps, the n
 values timed in turn each rep (so a busy spell of the shared machine hits every n alike). With THREADS 1 the
@@ -49,16 +50,17 @@ def main(argv=None) -> int:
             linear.SMALL_GEMM = on
             for _ in range(4):
                 step(n)
-    res = {}
-    for n in ns:
-        ts = {True: [], False: []}
-        for it in range(a.reps + 2):
+    # the n values in turn every rep (not all reps of one n, then the next): a busy spell of the shared machine
+    # (one other busy process makes a 2-thread step several times slower for seconds) then hits every n alike
+    ts = {n: {True: [], False: []} for n in ns}
+    for it in range(a.reps + 2):
+        for n in ns:
             for on in (True, False):
                 linear.SMALL_GEMM = on
                 t = step(n)
                 if it >= 2:
-                    ts[on].append(t)
-        res[n] = {on: (float(np.min(v)) * 1e3, float(np.median(v)) * 1e3) for on, v in ts.items()}
+                    ts[n][on].append(t)
+    res = {n: {on: (float(np.min(v)) * 1e3, float(np.median(v)) * 1e3) for on, v in ts[n].items()} for n in ns}
     linear.SMALL_GEMM = True
     print(f"{a.model}, {a.threads} threads, ms per step of n one-token sequences, best (median) of {a.reps}")
     print("| n | small GEMMs | decode kernels | n-step / 1-step, best (GEMMs) | GEMMs / decode kernels, best |")
