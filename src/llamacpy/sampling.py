@@ -8,7 +8,9 @@ float, sequential sums, the candidate array's order: softmax sorts by logit, min
 reorders), its quirks (typical with min_keep 0 keeps every token; top_k <= 0 sorts all) and its RNG use (dist,
 XTC and mirostat each own an mt19937 seeded with the seed; a draw over < 2 candidates uses no random numbers).
 A grammar (grammar.py) is applied as common_sampler_sample does: sample from the chain, check the token, and only
-if it is rejected run the chain again on grammar-masked logits.
+if it is rejected run the chain again on grammar-masked logits. A chain that can only return the first maximum of
+the biased logits (temperature <= 0 and nothing before it that could drop that token: `_greedy_bias`) returns it
+from one pass over the row; its candidates are rebuilt by the chain only when n_probs asks for them.
 Must not: evaluate the model, print, or parse flags.
 
 Candidates are a `Candidates` object: parallel arrays ids (n,) int32, logit (n,) float32, p (n,) float32.
