@@ -3,12 +3,14 @@ of a short request while a long prompt is processed on another slot -- for `llam
 llama.cpp's `llama-server` on the same file, in the same run.
 
     python benchmarks/bench_server.py -m MODEL.gguf [-np 8] [-c 8192] [-t 2] [--clients 1,2,4,8] [-n 64]
-        [--llama-server PATH/llama-server] [--json out.json]
+        [--llama-server PATH/llama-server] [--json out.json] [--stream]
 
 Each client sends `--requests` /completion requests one after another (distinct prompts, temperature 0,
 ignore_eos, n_predict -n); aggregate tokens/s = all generated tokens / wall time of the whole round. TTFT: a
 short streamed request is sent 50 ms after a ~1,000-token prompt starts on another slot; reported next to the
-same short request's TTFT on an idle server. Both servers get the same flags (-np, -c, -t).
+same short request's TTFT on an idle server. Both servers get the same flags (-np, -c, -t). With --stream the
+throughput rounds stream their tokens (SSE, `stream: true`, as chat clients do; tokens counted from the final
+event's tokens_predicted) -- the per-token HTTP work then runs beside the engine thread.
 """
 
 from __future__ import annotations
@@ -80,14 +82,28 @@ async def completion(h: httpx.AsyncClient, url: str, prompt, n: int) -> int:
     return int(r.json()["tokens_predicted"])
 
 
-async def throughput(url: str, clients: int, requests: int, n: int) -> float:
+async def streamed_completion(h: httpx.AsyncClient, url: str, prompt, n: int) -> int:
+    body = {"prompt": prompt, "n_predict": n, "temperature": 0, "ignore_eos": True, "cache_prompt": False,
+            "stream": True}
+    async with h.stream("POST", url + "/completion", json=body) as r:
+        r.raise_for_status()
+        last = None
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                last = line
+    final = json.loads(last[len("data: "):])
+    return int(final.get("tokens_predicted") or final.get("timings", {}).get("predicted_n", 0))
+
+
+async def throughput(url: str, clients: int, requests: int, n: int, stream: bool = False) -> float:
+    completion_fn = streamed_completion if stream else completion
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as h:
-        await completion(h, url, "Hi", 2)  # warm-up
+        await completion_fn(h, url, "Hi", 2)  # warm-up
 
         async def client(c: int) -> int:
             total = 0
             for r in range(requests):
-                total += await completion(h, url, PROMPTS[(c * requests + r) % len(PROMPTS)], n)
+                total += await completion_fn(h, url, PROMPTS[(c * requests + r) % len(PROMPTS)], n)
             return total
 
         t0 = time.perf_counter()
@@ -128,7 +144,7 @@ def run_server(srv: Server, args) -> dict:
     # costs (measured by benchmarks/cold_start.py), not serving speed
     asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))
     for k in args.clients:
-        res["tokens_per_s"][k] = asyncio.run(throughput(srv.url, k, args.requests, args.n_predict))
+        res["tokens_per_s"][k] = asyncio.run(throughput(srv.url, k, args.requests, args.n_predict, args.stream))
         print(f"  {srv.name}: {k} client(s): {res['tokens_per_s'][k]:.1f} t/s", file=sys.stderr, flush=True)
     alone, busy = asyncio.run(ttft_under_long_prompt(srv.url, args.long_prompt))
     res["ttft_alone_ms"], res["ttft_busy_ms"] = 1e3 * alone, 1e3 * busy
@@ -150,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--long-prompt", type=int, default=1000)
     p.add_argument("--llama-server", default=None, help="path of llama.cpp's llama-server to compare with")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--stream", action="store_true", help="throughput rounds stream their tokens (SSE)")
     args = p.parse_args(argv)
     args.clients = [int(x) for x in args.clients.split(",")]
     common = ["-m", args.model, "-np", str(args.parallel), "-c", str(args.ctx_size)]

@@ -116,6 +116,24 @@ def test_swiglu_rows_independent_and_accurate():
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)  # a few float32 roundings
 
 
+@pytest.mark.parametrize("shape", [(7, 37), (1, 64), (3, 5632)])
+def test_swiglu_fused_equals_swiglu_on_the_halves(shape, monkeypatch):
+    """The model's [gate | up] matmul output straight into swiglu_fused: bit for bit swiglu on copied halves (one
+    thread and split over row ranges)."""
+    rng = np.random.default_rng(4)
+    n, d = shape
+    gu = (rng.standard_normal((n, 2 * d)) * 4).astype(np.float32)
+    ref = np.empty((n, d), np.float32)
+    ops.swiglu(np.ascontiguousarray(gu[:, :d]), np.ascontiguousarray(gu[:, d:]), ref)
+    for mt in (ops.SWIGLU_MT_VALUES, 1):
+        monkeypatch.setattr(ops, "SWIGLU_MT_VALUES", mt)
+        out = np.full((n, d), np.nan, np.float32)
+        ops.swiglu_fused(gu, out)
+        np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="swiglu_fused"):
+        ops.swiglu_fused(gu[:, 1:], np.empty((n, d), np.float32))
+
+
 def _softmax_ref(s, lim, scale):
     v = s[:lim].astype(np.float64) * scale
     e = np.exp(v - v.max())

@@ -318,3 +318,61 @@ def test_invalid_params():
     for bad in (dict(repeat_last_n=-5), dict(mirostat=3), dict(samplers=["nope"]), dict(dry_penalty_last_n=-2)):
         with pytest.raises(ValueError):
             Sampler(SamplingParams(**bad))
+
+
+def _greedy_cases():
+    """(params, logits rows): rows with ties, infinities, NaN and every logit -inf, for greedy chains."""
+    rng = np.random.default_rng(5)
+    n = 64
+    rows = [rng.standard_normal(n).astype(F32), rng.integers(0, 3, n).astype(F32)]  # many ties at the max
+    r = rng.standard_normal(n).astype(F32)
+    r[[3, 40]] = np.inf
+    rows.append(r)
+    r = rng.standard_normal(n).astype(F32)
+    r[7] = np.nan
+    rows.append(r)
+    r = np.full(n, -np.inf, F32)
+    rows.append(r)
+    r = rng.standard_normal(n).astype(F32)
+    r[:10] = -np.inf
+    rows.append(r)
+    params = [dict(temp=0.0), dict(temp=-1.0, top_k=1), dict(temp=0.0, top_k=0, top_p=0.5, min_p=0.2, min_keep=3),
+              dict(temp=0.0, logit_bias={int(np.argmax(rows[0])): float("-inf"), 5: 2.5, 1000: 1.0}),
+              dict(temp=0.0, samplers=["min_p", "temperature", "top_k"]),
+              dict(temp=0.0, samplers=["temperature", "top_p", "min_p"]), dict(temp=0.0, samplers=["temperature"]),
+              dict(temp=0.0, repeat_penalty=1.0, typical_p=1.0, xtc_probability=0.5, xtc_threshold=0.6)]
+    return params, rows
+
+
+def test_greedy_shortcut_equals_the_chain():
+    """A greedy chain's token is found without the candidate arrays (Sampler._greedy); it must be the chain's
+    token, and n_probs (top_probs / token_prob) must report the chain's candidates, row for row."""
+    params, rows = _greedy_cases()
+    for kw in params:
+        fast, ref = Sampler(SamplingParams(seed=3, **kw), 64), Sampler(SamplingParams(seed=3, **kw), 64)
+        assert fast._greedy_bias is not None, kw
+        ref._greedy_bias = None  # the chain, step by step
+        for i, row in enumerate(rows):
+            try:
+                b = ref.sample(row)
+            except ValueError as e:  # the chain's own limit (min-p before the sort on a NaN row: no candidate)
+                with pytest.raises(type(e)):
+                    fast.sample(row)
+                continue
+            a = fast.sample(row)
+            assert a == b, (kw, i)
+            ta, tb = fast.top_probs(5), ref.top_probs(5)  # (id, p) pairs; NaN p (infinite logits) equal NaN
+            assert [t for t, _ in ta] == [t for t, _ in tb], (kw, i)
+            np.testing.assert_array_equal([p for _, p in ta], [p for _, p in tb], err_msg=f"{kw} {i}")
+            np.testing.assert_array_equal(fast.token_prob(a), ref.token_prob(b), err_msg=f"{kw} {i}")
+            fast.accept(a)
+            ref.accept(b)
+
+
+def test_greedy_shortcut_only_where_the_chain_is_greedy():
+    for kw in (dict(temp=0.5), dict(temp=0.0, repeat_penalty=1.1), dict(temp=0.0, typical_p=0.9),
+               dict(temp=0.0, xtc_probability=0.5, xtc_threshold=0.1), dict(temp=0.0, dry_multiplier=0.8, dry_sequence_breakers=[]),
+               dict(temp=0.0, mirostat=2), dict(temp=0.0, top_n_sigma=1.0), dict(temp=0.0, dynatemp_range=0.5),
+               dict(temp=0.0, samplers=["top_k", "top_p"])):
+        assert Sampler(SamplingParams(**kw), 64)._greedy_bias is None, kw
+    assert Sampler(SamplingParams(temp=0.0))._greedy_bias is None  # no n_vocab: the biases' range is unknown

@@ -373,8 +373,12 @@ class LlamaModel:
                             ops.attention(q[c:e], kf, vf, start + c - a, cfg.n_head, scale, attn[c:e])
             ops.add_inplace(x, mm(L.wo, attn))
             ops.rms_norm(x, L.ffn_norm, cfg.rms_eps, h)
-            gate, up = L.w_gate_up.split(mm(L.w_gate_up, h))  # (n, n_ff) each
-            ops.swiglu(gate, up, act)
+            gu = mm(L.w_gate_up, h)  # (n, 2 n_ff): [gate | up]
+            if gu.flags.c_contiguous:  # as the matmuls return it: no copies of the halves
+                ops.swiglu_fused(gu, act)
+            else:
+                gate, up = L.w_gate_up.split(gu)  # (n, n_ff) each
+                ops.swiglu(gate, up, act)
             ops.add_inplace(x, mm(L.w_down, act))
         for s, a, b in pgroups:
             kv.n_used[s] += b - a

@@ -270,6 +270,28 @@ def swiglu(g, u, out):
 SWIGLU_MT_VALUES = 1 << 20  # ~0.1 ns each: below this a hand-over between threads costs more than it saves
 
 
+def swiglu_fused(gu, out):
+    """out = silu(gu[:, :n_ff]) * gu[:, n_ff:] with n_ff = out.shape[1]: swiglu on the fused [gate | up] matmul
+    output as it comes (gu (n_tokens, 2 n_ff) C-contiguous), without copying its two halves out first; the same
+    value for value as swiglu on the halves (the same silu_f32 and product)."""
+    n, d = out.shape
+    if n == 0:
+        return
+    if gu.shape != (n, 2 * d):
+        raise ValueError(f"swiglu_fused: {gu.shape} is not [gate | up] for {out.shape}")
+    nt = nb.get_num_threads() if n * d >= SWIGLU_MT_VALUES else 1
+    step = -(-n // nt)
+    run_jobs(lambda i: _swiglu_fused_rows(gu, out, i * step, min(n, (i + 1) * step)), -(-n // step), nt)
+
+
+@nb.njit(**_JIT)
+def _swiglu_fused_rows(gu, out, t0, t1):
+    d = out.shape[1]
+    for t in range(t0, t1):
+        for i in range(d):
+            out[t, i] = silu_f32(gu[t, i]) * gu[t, d + i]
+
+
 @nb.njit(**_JIT)
 def _swiglu_rows(g, u, out, t0, t1):
     d = g.shape[1]
@@ -336,6 +358,12 @@ def attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out):
 
 @nb.njit(parallel=True, **_JIT)
 def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks):
+    # Cells go in groups of 4 from cell 0 (the last n_kv % 4 one at a time): a group's K / V rows are converted
+    # once into a small f32 buffer, then each query head takes the group's 4 dot products in one pass over the
+    # head dimension (4 independent sums) and adds the group's 4 probability-weighted V rows to its output in one
+    # load / store of the accumulator (before: one cell at a time, the accumulator loaded and stored per cell).
+    # A (row, head)'s arithmetic depends only on its cells, never on the batch or the job split. Measured on one
+    # thread (n=4, 32 heads / 4 KV heads, d 64): 40 / 136 / 1000 cells 81 / 171 / 1268 us -> 53 / 119 / 758 us.
     n = q.shape[0]
     _, n_head_kv, _, dk = k_pool.shape
     dv = v_pool.shape[3]
@@ -349,37 +377,84 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
         n_kv = cells[t] + 1
         scores = np.empty((hc, n_kv), dtype=np.float32)
         qh = np.empty((hc, dk), dtype=np.float32)
-        row = np.empty(max(dk, dv), dtype=np.float32)
+        rows = np.empty((4, max(dk, dv)), dtype=np.float32)  # the group's converted K (then V) rows
         mx = np.full(hc, -np.inf, dtype=np.float32)
         for a in range(hc):
             for i in range(dk):
                 qh[a, i] = f32_round_f16(q[t, (h0 + a) * dk + i])
-        for j in range(n_kv):
-            blk = table[s_id, j >> KV_BLOCK_SHIFT]
-            off = j & (KV_BLOCK - 1)
-            for i in range(dk):
-                row[i] = f16_bits_to_f32(k_pool[blk, kvh, off, i])
-            for a in range(hc):
-                s = np.float32(0.0)
+        j = 0
+        while j < n_kv:
+            m = 4 if j + 4 <= n_kv else 1
+            for u in range(m):
+                c = j + u
+                blk = table[s_id, c >> KV_BLOCK_SHIFT]
+                off = c & (KV_BLOCK - 1)
                 for i in range(dk):
-                    s += qh[a, i] * row[i]
-                s *= scale
-                scores[a, j] = s
-                if s > mx[a]:
-                    mx[a] = s
-        inv = np.empty(hc, dtype=np.float32)
-        for a in range(hc):
-            inv[a] = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, 1.0, mx[a])
-        acc = np.zeros((hc, dv), dtype=np.float32)
-        for j in range(n_kv):
-            blk = table[s_id, j >> KV_BLOCK_SHIFT]
-            off = j & (KV_BLOCK - 1)
-            for i in range(dv):
-                row[i] = f16_bits_to_f32(v_pool[blk, kvh, off, i])
+                    rows[u, i] = f16_bits_to_f32(k_pool[blk, kvh, off, i])
             for a in range(hc):
-                p = f32_round_f16(scores[a, j] * inv[a])
+                if m == 4:
+                    s0 = np.float32(0.0)
+                    s1 = np.float32(0.0)
+                    s2 = np.float32(0.0)
+                    s3 = np.float32(0.0)
+                    for i in range(dk):
+                        qi = qh[a, i]
+                        s0 += qi * rows[0, i]
+                        s1 += qi * rows[1, i]
+                        s2 += qi * rows[2, i]
+                        s3 += qi * rows[3, i]
+                    s0 *= scale
+                    s1 *= scale
+                    s2 *= scale
+                    s3 *= scale
+                    scores[a, j] = s0
+                    scores[a, j + 1] = s1
+                    scores[a, j + 2] = s2
+                    scores[a, j + 3] = s3
+                    if s0 > mx[a]:
+                        mx[a] = s0
+                    if s1 > mx[a]:
+                        mx[a] = s1
+                    if s2 > mx[a]:
+                        mx[a] = s2
+                    if s3 > mx[a]:
+                        mx[a] = s3
+                else:
+                    s = np.float32(0.0)
+                    for i in range(dk):
+                        s += qh[a, i] * rows[0, i]
+                    s *= scale
+                    scores[a, j] = s
+                    if s > mx[a]:
+                        mx[a] = s
+            j += m
+        for a in range(hc):
+            inv = np.float32(1.0) / _exp_sub_sum(scores[a], n_kv, 1.0, mx[a])
+            for j in range(n_kv):  # the probabilities rounded to f16 (llama.cpp's F16-cache KQV product)
+                scores[a, j] = f32_round_f16(scores[a, j] * inv)
+        acc = np.zeros((hc, dv), dtype=np.float32)
+        j = 0
+        while j < n_kv:
+            m = 4 if j + 4 <= n_kv else 1
+            for u in range(m):
+                c = j + u
+                blk = table[s_id, c >> KV_BLOCK_SHIFT]
+                off = c & (KV_BLOCK - 1)
                 for i in range(dv):
-                    acc[a, i] += p * row[i]
+                    rows[u, i] = f16_bits_to_f32(v_pool[blk, kvh, off, i])
+            for a in range(hc):
+                if m == 4:
+                    p0 = scores[a, j]
+                    p1 = scores[a, j + 1]
+                    p2 = scores[a, j + 2]
+                    p3 = scores[a, j + 3]
+                    for i in range(dv):
+                        acc[a, i] += (p0 * rows[0, i] + p1 * rows[1, i]) + (p2 * rows[2, i] + p3 * rows[3, i])
+                else:
+                    p = scores[a, j]
+                    for i in range(dv):
+                        acc[a, i] += p * rows[0, i]
+            j += m
         for a in range(hc):
             for i in range(dv):
                 out[t, (h0 + a) * dv + i] = acc[a, i]
