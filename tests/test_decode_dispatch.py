@@ -97,13 +97,43 @@ def test_decode_through_entry_point_equals_dispatcher(typ):
 @pytest.mark.skipif(not linear.uses_simd(int(T.Q4_K)), reason="SIMD decode kernels off (LLAMACPY_ISA=generic)")
 def test_mixed_fused_parts_share_input_exactly():
     parts = [_linear(T.Q4_K, 64, 512, 2), _linear(T.Q4_K, 32, 512, 3), _linear(T.Q6_K, 32, 512, 4)]
-    fused = linear.fuse_linears(parts)
-    assert not fused._fusable  # mixed types: parts one after the other
-    x = _x(2, 512, seed=9)
-    y = fused(x)
-    alone = np.concatenate([_reference(p, x) for p in parts], axis=1)
-    np.testing.assert_array_equal(y, alone)
+    xs = [_x(n, 512, seed=9 + n) for n in (1, 2, 8)]
+    alone = [np.concatenate([_reference(p, x) for p in parts], axis=1) for x in xs]  # before the fusion takes
+    fused = linear.fuse_linears(parts)                                              # the parts' repacks
+    assert not fused._fusable  # mixed types: the Q4_K run (q + k) fused, then the Q6_K part
+    assert [(a, b, type(p).__name__) for a, b, p in fused._runs] == [(0, 96, "FusedLinear"), (96, 128, "LinearQuant")]
+    for x, ref in zip(xs, alone):
+        np.testing.assert_array_equal(fused(x), ref)
     assert linear._shared.x is None and linear._shared.act is None  # nothing kept after the call
+
+
+@pytest.mark.parametrize("typ", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_adjacent_half_parts_read_as_one_matrix(typ):
+    """F16/BF16 parts whose words lie back to back in one buffer (a GGUF's tensors in file order) are read by
+    one kernel call over the whole view (no copy); every (row, token) equals the part's own call, for decode
+    (1, 3, 8 tokens) and prompts (12). Parts that are not adjacent run one by one, the same bits."""
+    rng = np.random.default_rng(5)
+    n_in, rows = 192, (64, 32, 40)
+    words = (rng.standard_normal((sum(rows), n_in)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if typ == T.F16:
+        words = rng.standard_normal((sum(rows), n_in)).astype(np.float16).view(np.uint16)
+    cuts = np.cumsum((0,) + rows)
+
+    def parts_of(buf):
+        return [linear.make_linear(int(typ), buf[a:b], (b - a, n_in), f"p{a}") for a, b in zip(cuts[:-1], cuts[1:])]
+
+    adjacent = parts_of(words)
+    fa = linear.fuse_linears(adjacent)
+    assert fa._whole is not None and fa._whole.n_out == sum(rows)
+    split = parts_of(words)
+    split[1] = linear.make_linear(int(typ), words[64:96].copy(), (32, n_in), "k")  # elsewhere in memory
+    fs = linear.fuse_linears(split)
+    assert fs._whole is None  # not back to back: one call per part
+    for n in (1, 3, 8, 12):
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        ref = np.concatenate([p(x) for p in adjacent], axis=1)
+        np.testing.assert_array_equal(fa(x), ref)
+        np.testing.assert_array_equal(fs(x), ref)
 
 
 def test_q8_k_first_extreme_of_equal_magnitude_wins():
