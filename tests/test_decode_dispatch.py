@@ -159,3 +159,22 @@ def test_q8_0_scales_round_to_f16_as_ggml():
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(sx, (d * s.astype(np.float32)).astype(np.float16).astype(np.float32))
     assert np.isinf(sx[1, 0])
+
+
+def test_f16_file_gate_up_read_in_one_call_same_logits():
+    """llama.cpp's converter writes ffn_gate then ffn_up back to back (q/k/v not): the fused gate/up reads them
+    as one matrix in place, and the model's logits are bit for bit those of the parts run one by one."""
+    from shared import golden_dir
+
+    from llamacpy import model as M
+
+    m = M.LlamaModel.load(golden_dir() / "hf-tiny-llama" / "llamacpp-f16.gguf", n_ctx=32, n_threads=1)
+    assert all(L.w_gate_up._whole is not None for L in m.layers)
+    toks = np.array([1, 315, 29, 90])
+    fast = [m.forward(toks[:2]).copy()] + [m.forward(toks[i:i + 1]).copy() for i in (2, 3)]
+    m2 = M.LlamaModel.load(golden_dir() / "hf-tiny-llama" / "llamacpp-f16.gguf", n_ctx=32, n_threads=1)
+    for L in m2.layers:
+        L.w_gate_up._whole = None
+    slow = [m2.forward(toks[:2]).copy()] + [m2.forward(toks[i:i + 1]).copy() for i in (2, 3)]
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)

@@ -614,10 +614,14 @@ def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: s
 
 
 def _root(a: np.ndarray):
-    """The object at the bottom of a numpy view chain (an mmap, a bytes buffer, or the owning array)."""
+    """The object at the bottom of a numpy view chain (an mmap, a bytes buffer, or the owning array), through
+    memoryview slices."""
     while isinstance(a.base, np.ndarray):
         a = a.base
-    return a if a.base is None else a.base
+    b = a if a.base is None else a.base
+    while isinstance(b, memoryview):  # a GGUF tensor: a memoryview slice of the file's mmap
+        b = b.obj
+    return b
 
 
 def _adjacent_half(parts) -> np.ndarray | None:
