@@ -3,7 +3,8 @@
 - `activations(typ, level, x)` of legacy_simd / kquants_simd (quantize + layout in one compiled call) equals
   `prep(typ, level, *quantize(x))` array for array, for every SIMD type and every level this CPU runs;
 - a Linear's decode through the cached kernel entry point equals the dispatcher's call of the same kernel with
-  the activations of q8.py + prep (the reference path), for every SIMD type, also with a non-contiguous output;
+  the activations of q8.py + prep (the reference path), for every SIMD type, also with a non-contiguous output
+  (for Q4_0 / Q8_0 / Q4_K the small-tile GEMM quantizing in its own call, gemmx.py: the same bits);
 - q8.py's block maxima (partial scans) keep the single scan's choice: Q8_K's first extreme wins a tie of
   magnitudes; its f16 scales round as ggml's FP32_TO_FP16 (nearest even, inf past 65504);
 - a FusedLinear of mixed types (run part by part, sharing the quantized input) equals its parts called alone.
@@ -85,12 +86,14 @@ def test_decode_through_entry_point_equals_dispatcher(typ):
             lin(x, out=wide[:, ::2])  # a strided output: must take the dispatcher
             np.testing.assert_array_equal(wide[:, ::2], ref)
     mod = kquants_simd if int(typ) in KQUANTS else legacy_simd
-    from llamacpy.kernels import gemm_simd, isa
+    from llamacpy.kernels import gemm_simd, gemmx, isa
 
-    # by their entry points: the small-tile GEMM where gemm_simd.SMALL has a tile for the call, else the fused kernel
+    # by their entry points: the small-tile GEMM where gemm_simd.SMALL has a tile for the call (quantizing in its
+    # own call where gemmx has the type), else the fused matvec kernel
     for n in (1, 2, 5):
         tl = gemm_simd.small_tile(int(typ), isa.level(), n)
-        key = (gemm_simd.GEMM[int(typ)], (tl,)) if tl is not None else (mod.MVX[int(typ)], ())
+        gemm = gemmx.GEMMX.get(int(typ), gemm_simd.GEMM.get(int(typ)))
+        key = (gemm, (tl,)) if tl is not None else (mod.MVX[int(typ)], ())
         assert key in lin._entries, (n, tl)
 
 

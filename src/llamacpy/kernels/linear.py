@@ -11,7 +11,8 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         independent of the batch);
         dequant.matvec_generic when a repack is declined. Calls of 1..DECODE_MAX tokens of the types in
         gemm_simd.SMALL take its small-tile GEMMs instead of the decode kernel (bit-exact with it, measured
-        faster); the other SIMD types quantize inside the decode kernel's own compiled call (MVX). Every SIMD
+        faster; gemmx.GEMMX quantizes inside the GEMM's own compiled call where it has the type); the other
+        SIMD types quantize inside the decode kernel's own compiled call (MVX). Every SIMD
         kernel is called through its cached entry point (_run_kernel). Repacked arrays come through
         repack_cache (written to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
@@ -43,8 +44,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import (dense, dense_simd, dequant, gemm_half, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8,
-               repack_cache, simd)
+from . import (dense, dense_simd, dequant, gemm_half, gemm_simd, gemmx, isa, kquants, kquants_simd, legacy,
+               legacy_simd, q8, repack_cache, simd)
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -317,9 +318,12 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
         lv = isa.level()
         tl = gemm_simd.small_tile(ggml_type, lv, x.shape[0]) if SMALL_GEMM else None
         if tl is not None:
-            act = _simd_activations(x, ggml_type)
             y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # C-ordered rows
-            _run_kernel(owner, packed, gemm_simd.GEMM[ggml_type], act, y, (tl,))
+            gx = gemmx.GEMMX.get(ggml_type)
+            if gx is not None and x is not _shared.x:  # quantized inside the GEMM's own compiled call
+                _run_kernel(owner, packed, gx, (x, *mod.mvx_args(ggml_type, lv)), y, (tl,))
+            else:
+                _run_kernel(owner, packed, gemm_simd.GEMM[ggml_type], _simd_activations(x, ggml_type), y, (tl,))
             if y is not out:
                 out[...] = y
         elif x is _shared.x:  # parts of a FusedLinear sharing x: its activations once per type
