@@ -108,6 +108,14 @@ def test_mixed_fused_parts_share_input_exactly():
     for x, ref in zip(xs, alone):
         np.testing.assert_array_equal(fused(x), ref)
     assert linear._shared.x is None and linear._shared.act is None  # nothing kept after the call
+    # Q4_K, Q6_K, Q4_K: no run to fuse; the two Q4_K parts share x's quantization (one activations call)
+    parts = [_linear(T.Q4_K, 64, 512, 5), _linear(T.Q6_K, 32, 512, 6), _linear(T.Q4_K, 32, 512, 7)]
+    alone = [np.concatenate([_reference(p, x) for p in parts], axis=1) for x in xs]
+    fused = linear.fuse_linears(parts)
+    assert fused._runs is None and fused._share
+    for x, ref in zip(xs, alone):
+        np.testing.assert_array_equal(fused(x), ref)
+    assert linear._shared.x is None and linear._shared.act is None
 
 
 @pytest.mark.parametrize("typ", [T.F16, T.BF16], ids=lambda t: t.name)

@@ -690,6 +690,10 @@ class FusedLinear:
                 i = j
             if len(runs) < len(parts):
                 self._runs = runs
+        # the parts share x's quantization / rounding only where two of them take the same kind (else each
+        # call quantizes x in its own compiled kernel call: MVX / GEMMX)
+        kinds = [p.ggml_type for _, _, p in self._runs] if self._runs else [p.ggml_type for p in parts]
+        self._share = len(set(kinds)) < len(kinds)
 
     def _pack(self):
         t, R, parts = self.ggml_type, self._R, self.parts
@@ -718,12 +722,16 @@ class FusedLinear:
             return out
         if self._whole is not None and (x.shape[0] <= DECODE_MAX or self._whole.prompt_by_decode):
             return self._whole(x, out)  # decode: mv_half; prompts: gemm_half (bit-exact with it per row)
+        runs = self._runs or zip(self.offsets[:-1], self.offsets[1:], self.parts)
+        if not self._share:
+            for a, b, p in runs:
+                out[:, a:b] = p(x)
+            return out
         sh = _shared  # this thread's: x is not written during the loop
         prev = sh.x, sh.act
         if x is not prev[0]:
             sh.x, sh.act = x, {}  # the parts quantize x once per weight type (see _simd_activations)
         try:
-            runs = self._runs or zip(self.offsets[:-1], self.offsets[1:], self.parts)
             for a, b, p in runs:
                 out[:, a:b] = p(x)
         finally:
