@@ -1,6 +1,7 @@
 """F16 / BF16 decode (matvec) kernels on the SIMD layer (simd.py), reading the weights in place from the mmap.
 
-Owns: `mv_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T for w (n_out, n_in) 16-bit words:
+Owns: `mv_half(isa, w, x, y)` -- y (n_tok, n_out) = x (n_tok, n_in) @ w.T for w (n_out, n_in) 16-bit words
+(`mv_half_words`: the same with x already as 16-bit words, `words(x, bf16)`):
 F16 when w's dtype is uint16, BF16 when it is int16 (the caller views the same bytes so; the dtype picks the
 conversion at compile time: vcvtph2ps for F16, zero-extend + shift by 16 for BF16) -- and the operations it
 needs that the layer lacks: `vload_half`, and FMA / add without fast-math flags (`vfma_exact`, `vadd_exact`,
@@ -247,23 +248,31 @@ def _pairs(isa, w, x, y, r, nfull, nvec, n_in):
         y[t0 + 1, r] = sb
 
 
-@nb.njit(**_PJIT)
+@nb.njit(**_JIT)
 def mv_half(isa, w, x, y):
     """y (n_tok, n_out) = x (n_tok, n_in) f32 (already rounded to the weight type) @ w.T, w (n_out, n_in) uint16
-    (F16) or int16 (BF16 bits).
+    (F16) or int16 (BF16 bits): x written as the weights' 16-bit words (exact), then mv_half_words."""
+    n_tok, n_in = x.shape
+    xw = np.empty((n_tok, n_in), w.dtype)  # x's values as the weights' 16-bit words (exact: already rounded)
+    for t in range(n_tok):
+        for i in range(n_in):
+            xw[t, i] = _half_word(w, x[t, i])
+    mv_half_words(isa, w, xw, y)
+
+
+@nb.njit(**_PJIT)
+def mv_half_words(isa, w, xw, y):
+    """y (n_tok, n_out) = xw (n_tok, n_in) @ w.T, both 16-bit words of the weight type (w's dtype); allocates
+    nothing (the NEON emulation test runs it as is).
     Job rr of the parallel loop takes rows rr and rr + h (h = ceil(n_out / 2)): the last (odd) token, a
     one-token call's only one, reads the two rows in one loop (_dot2) -- two independent streams through
     memory per core, which the prefetchers keep fuller than one: measured on the 22 ffn_gate/ffn_up pairs of
     tl-F16 from DRAM (Zen 4 VM, 15 rounds, best), 1 thread 22-25 -> 28-30 GB/s, 2 threads 41-45 -> 51-53 GB/s
     (a numba read of the same bytes: 26-28 / 52). Token pairs run row by row as before."""
     n_out, n_in = w.shape
-    n_tok = x.shape[0]
+    n_tok = xw.shape[0]
     nfull = n_in // (ACC * width(isa) // 4) * (ACC * width(isa) // 4)
     nvec = n_in // (width(isa) // 4) * (width(isa) // 4)
-    xw = np.empty((n_tok, n_in), w.dtype)  # x's values as the weights' 16-bit words (exact: already rounded)
-    for t in range(n_tok):
-        for i in range(n_in):
-            xw[t, i] = _half_word(w, x[t, i])
     h = (n_out + 1) // 2
     for rr in nb.prange(h):
         r2 = rr + h
@@ -278,6 +287,15 @@ def mv_half(isa, w, x, y):
             _pairs(isa, w, xw, y, rr, nfull, nvec, n_in)
             if r2 < n_out:
                 _pairs(isa, w, xw, y, r2, nfull, nvec, n_in)
+
+
+def words(x: np.ndarray, bf16: bool) -> np.ndarray:
+    """x (n, n_in) f32, already rounded to F16 / BF16, as mv_half_words takes it: uint16 F16 words or int16 BF16
+    bits (exact)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if bf16:
+        return (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16).view(np.int16)
+    return x.astype(np.float16).view(np.uint16)
 
 
 def weights(w16: np.ndarray, bf16: bool) -> np.ndarray:
