@@ -113,11 +113,11 @@ def instrument(model, prof):
     prof.patch(linear.FusedLinear, "split", "split copies")
     orig_run = linear._run_kernel
 
-    def run_kernel(owner, weights, fn, act, out):
+    def run_kernel(owner, weights, fn, act, out, pre=()):
         t0 = ns()
-        orig_run(owner, weights, fn, act, out)
+        orig_run(owner, weights, fn, act, out, pre)
         dt = ns() - t0
-        kk = f"{prof.role}:{fn.__name__}"
+        kk = f"{prof.role}:{fn.__name__}" + (f"{pre}" if pre else "")
         prof.t[kk] += dt
         prof.calls[kk] += 1
         prof.nest += dt
@@ -185,10 +185,34 @@ def profile(path, threads, n, ctx):
         {k: v / n for k, v in prof.calls.items()}, {k: v / n for k, v in prof.bytes.items()}, rb
 
 
+def smaps_summary():
+    """(Rss, FilePmdMapped, AnonHugePages) MB summed over this process's file mappings of more than 1 MB, per
+    file name (the GGUF, the repack-cache entries): whether the weights sit on 2 MiB pages."""
+    agg = defaultdict(lambda: [0, 0, 0])
+    cur = None
+    try:
+        with open("/proc/self/smaps") as f:
+            for ln in f:
+                parts = ln.split()
+                if len(parts) >= 5 and "-" in parts[0] and ":" not in parts[0]:
+                    cur = Path(parts[-1]).name if len(parts) >= 6 and parts[-1].startswith("/") else None
+                    if cur and ".gguf" not in cur and "repack" not in parts[-1] and "/rc/" not in parts[-1]:
+                        cur = None
+                    if cur and ("repack" in parts[-1] or "/rc/" in parts[-1]):
+                        cur = "repack-cache entries"
+                elif cur and parts[0] in ("Rss:", "FilePmdMapped:", "AnonHugePages:"):
+                    agg[cur][("Rss:", "FilePmdMapped:", "AnonHugePages:").index(parts[0])] += int(parts[1])
+    except OSError:
+        return {}
+    return {k: tuple(v / 1024 for v in vals) for k, vals in agg.items()}
+
+
 def report(path, threads, res):
     model, plain, plain2, total, t, calls, nbytes, rb = res
     print(f"\n### {Path(path).name}, {threads} thread(s): plain {plain / 1e6:.2f} / {plain2 / 1e6:.2f} ms/token "
           f"(before / after), instrumented {total / 1e6:.2f} ms/token; load {os.getloadavg()[0]:.2f}")
+    for k, (rss, pmd, anon) in smaps_summary().items():
+        print(f"mapping {k}: Rss {rss:.0f} MB, FilePmdMapped {pmd:.0f} MB, AnonHugePages {anon:.0f} MB")
     print("| part | calls/token | ms/token | % | weight MB | GB/s | read GB/s (same bytes) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     accounted = sum(t.values())

@@ -50,6 +50,8 @@ def _specs() -> list:
         name = "BF16" if bf16 else "F16"
         half_args = [(a.dtype.str, a.ndim) for a in (w, x, y)]
         specs.append((f"mv {name}", dense_simd.__name__, "mv_half", half_args))
+        specs.append((f"mv words {name}", dense_simd.__name__, "mv_half_words", [(a.dtype.str, a.ndim) for a in (
+            w, dense_simd.words(x, bf16), y)]))
         specs.append((f"gemm {name}", gemm_half.__name__, "gemm_half", half_args))
     return specs
 

@@ -58,9 +58,10 @@ def _cases(rng):
     for bf in (False, True):
         bits, vals = _half(bf, 5, 1000, rng, extreme=False)
         x = (bf16_round if bf else f16_round)(rng.standard_normal((5, 1000)).astype(np.float32))
-        cases["mv-" + ("BF16" if bf else "F16")] = (
-            f"{dense_simd.__name__}:mv_half",
-            [dense_simd.weights(bits, bf), x, np.full((5, 5), np.nan, np.float32)], x.astype(np.float64) @ vals.T)
+        cases["mv-" + ("BF16" if bf else "F16")] = (  # mv_half's parallel kernel (mv_half itself allocates)
+            f"{dense_simd.__name__}:mv_half_words",
+            [dense_simd.weights(bits, bf), dense_simd.words(x, bf), np.full((5, 5), np.nan, np.float32)],
+            x.astype(np.float64) @ vals.T)
     return cases
 
 

@@ -120,7 +120,8 @@ def _half(bf, n_out, n_in, rng, extreme=False):
 def test_half_matches_reference(level, bf, n_out, n_in):
     """n_in below one vector, between whole 4-vector steps and whole vectors, with a scalar tail; 1..8 tokens
     (odd counts take the single-token loop for the last one); each token bit for bit as in a one-token call, each
-    weight row as in a one-row call."""
+    weight row as in a one-row call (the one-token loop reads rows r and r + ceil(n_out / 2) together; a
+    one-row call reads its row alone)."""
     _need(level)
     rng = np.random.default_rng(n_out * 31 + n_in + bf)
     bits, vals = _half(bf, n_out, n_in, rng, extreme=n_out == 5)
@@ -137,10 +138,10 @@ def test_half_matches_reference(level, bf, n_out, n_in):
             y1 = np.empty((1, n_out), np.float32)
             dense_simd.mv_half(tok, w, x[t:t + 1].copy(), y1)
             assert np.array_equal(y1[0], y[t]), (level, n, t)
-        k = n_out // 2
-        yk = np.empty((n, 1), np.float32)
-        dense_simd.mv_half(tok, np.ascontiguousarray(w[k:k + 1]), x, yk)
-        assert np.array_equal(yk[:, 0], y[:, k]), (level, n)
+        for k in sorted({0, n_out // 2, (n_out + 1) // 2, n_out - 1} - {n_out}):  # both rows of a 2-row job
+            yk = np.empty((n, 1), np.float32)
+            dense_simd.mv_half(tok, np.ascontiguousarray(w[k:k + 1]), x, yk)
+            assert np.array_equal(yk[:, 0], y[:, k]), (level, n, k)
 
 
 def test_linear_uses_the_simd_kernels_and_matches_generic():

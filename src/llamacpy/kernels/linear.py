@@ -11,7 +11,8 @@ Owns: `make_linear(ggml_type, raw, shape, name)`, the Linear classes, `set_num_t
         independent of the batch);
         dequant.matvec_generic when a repack is declined. Calls of 1..DECODE_MAX tokens of the types in
         gemm_simd.SMALL take its small-tile GEMMs instead of the decode kernel (bit-exact with it, measured
-        faster); the other SIMD types quantize inside the decode kernel's own compiled call (MVX). Every SIMD
+        faster; gemmx.GEMMX quantizes inside the GEMM's own compiled call where it has the type); the other
+        SIMD types quantize inside the decode kernel's own compiled call (MVX). Every SIMD
         kernel is called through its cached entry point (_run_kernel). Repacked arrays come through
         repack_cache (written to disk once, then memory-mapped).
     prompt (n_tokens > DECODE_MAX): for the explicit-SIMD types, the register-tiled int8 GEMMs of gemm_simd.py
@@ -43,8 +44,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..gguf_file import ggml_type_name
-from . import (dense, dense_simd, dequant, gemm_half, gemm_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8,
-               repack_cache, simd)
+from . import (dense, dense_simd, dequant, gemm_half, gemm_simd, gemmx, isa, kquants, kquants_simd, legacy,
+               legacy_simd, q8, repack_cache, simd)
 from .common import (BF16, BLOCK, F16, F16_TABLE, F32, KQUANTS, LEGACY, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
                      Q5_1, Q5_K, Q6_K, Q8_0, bf16_round, f16_round)
 
@@ -317,9 +318,12 @@ def _decode_packed(ggml_type: int, packed: tuple, x: np.ndarray, out: np.ndarray
         lv = isa.level()
         tl = gemm_simd.small_tile(ggml_type, lv, x.shape[0]) if SMALL_GEMM else None
         if tl is not None:
-            act = _simd_activations(x, ggml_type)
             y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # C-ordered rows
-            _run_kernel(owner, packed, gemm_simd.GEMM[ggml_type], act, y, (tl,))
+            gx = gemmx.GEMMX.get(ggml_type)
+            if gx is not None and x is not _shared.x:  # quantized inside the GEMM's own compiled call
+                _run_kernel(owner, packed, gx, (x, *mod.mvx_args(ggml_type, lv)), y, (tl,))
+            else:
+                _run_kernel(owner, packed, gemm_simd.GEMM[ggml_type], _simd_activations(x, ggml_type), y, (tl,))
             if y is not out:
                 out[...] = y
         elif x is _shared.x:  # parts of a FusedLinear sharing x: its activations once per type
@@ -478,14 +482,25 @@ class LinearHalf(Linear):
     def _round_activations(self, x):
         return f16_round(x) if self.kind == dense.KIND_F16 else bf16_round(x)
 
+    def _rounded(self, x):
+        """x rounded to the weight type; once per weight kind for the parts of a FusedLinear sharing x."""
+        sh = _shared
+        if x is sh.x:
+            key = ("round", self.kind)
+            xr = sh.act.get(key)
+            if xr is None:
+                xr = sh.act[key] = self._round_activations(x)
+            return xr
+        return self._round_activations(x)
+
     def _decode(self, x, out):
         if uses_simd(self.ggml_type) and self.w16.flags.c_contiguous:
             w = self._w_simd
             if w is None:
                 w = self._w_simd = (dense_simd.weights(self.w16, self.kind == dense.KIND_BF16),)
-            _run_kernel(self, w, dense_simd.mv_half, (self._round_activations(x),), out)
+            _run_kernel(self, w, dense_simd.mv_half, (self._rounded(x),), out)
         else:
-            dense.mv_half(self.w16, self.kind, self._round_activations(x), out)
+            dense.mv_half(self.w16, self.kind, self._rounded(x), out)
 
     def _tile(self, r0, tile):
         dense.half_to_f32_range(self.w16, self.kind, r0, tile)
@@ -602,14 +617,47 @@ def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: s
     return LinearQuant(ggml_type, raw, shape, name, repack=repack)
 
 
+def _root(a: np.ndarray):
+    """The object at the bottom of a numpy view chain (an mmap, a bytes buffer, or the owning array), through
+    memoryview slices."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    b = a if a.base is None else a.base
+    while isinstance(b, memoryview):  # a GGUF tensor: a memoryview slice of the file's mmap
+        b = b.obj
+    return b
+
+
+def _adjacent_half(parts) -> np.ndarray | None:
+    """For F16/BF16 parts of one kind whose words lie back to back in one buffer (a GGUF's tensors in file
+    order, e.g. ffn_gate then ffn_up), the (sum n_out, n_in) view over all of them; else None. No copy: the
+    decode kernel then reads the parts in one call (mv_half's result per row does not depend on the rows in
+    the call, so the bits are the parts' own)."""
+    if len(parts) < 2 or not all(isinstance(p, LinearHalf) for p in parts):
+        return None
+    p0 = parts[0]
+    ws = [p.w16 for p in parts]
+    if (len({p.kind for p in parts}) != 1 or not all(w.flags.c_contiguous for w in ws)
+            or len({id(_root(w)) for w in ws}) != 1):
+        return None
+    for a, b in zip(ws[:-1], ws[1:]):
+        if b.ctypes.data != a.ctypes.data + a.nbytes:
+            return None
+    return np.lib.stride_tricks.as_strided(p0.w16, shape=(sum(w.shape[0] for w in ws), p0.n_in),
+                                           strides=p0.w16.strides)
+
+
 class FusedLinear:
     """Several matrices applied to the same input, as one: y = [x @ W1.T | x @ W2.T | ...] (n, sum n_out).
 
     For decode, quantized parts of one type whose row counts fill whole row groups are repacked once and
     concatenated, so q/k/v (or gate/up) cost one kernel call instead of three (two): saves the per-call launch
-    and dispatch overhead (~15 us a call here) and balances the threads better on small matrices. Other cases
-    (F16/BF16/F32, mixed types) run the parts one after the other. The prompt path always runs the parts.
-    The parts stay usable (their decode then falls back to the generic kernel: their repack moved here)."""
+    and dispatch overhead (~15 us a call here) and balances the threads better on small matrices. Mixed types
+    (Q4_K_M's Q4_K q, k + Q6_K v) fuse each run of consecutive same-type parts that way (q+k, then v: two calls,
+    not three). F16/BF16 parts lying back to back in the file are read as one matrix in place (one call, no
+    copy); otherwise the parts run one after the other, sharing the input's quantization / rounding. The prompt
+    path runs the parts (or the fused runs). The parts stay usable (their decode then falls back to the generic
+    kernel: their repack moved here)."""
 
     def __init__(self, parts: list, name: str = ""):
         if not parts or len({p.n_in for p in parts}) != 1:
@@ -625,6 +673,27 @@ class FusedLinear:
         self._fusable = (self.ggml_type in _MV and all(isinstance(p, LinearQuant) and p._want_repack for p in parts)
                          and all(p.n_out % R == 0 for p in parts[:-1]))  # padding only after the last part
         self._packed = None
+        w = _adjacent_half(self.parts)
+        self._whole = None if w is None else LinearHalf(parts[0].ggml_type, w, w.shape, self.name)  # (n_out, n_in)
+        self._runs = None  # mixed types: [(col a, col b, Linear | FusedLinear)], same-type runs fused
+        if self.ggml_type is None:
+            runs, i = [], 0
+            while i < len(parts):
+                j = i + 1
+                while j < len(parts) and parts[j].ggml_type == parts[i].ggml_type:
+                    j += 1
+                sub = FusedLinear(parts[i:j]) if j - i > 1 else None  # one type: never mixed, no recursion
+                if sub is not None and (sub._fusable or sub._whole is not None):
+                    runs.append((self.offsets[i], self.offsets[j], sub))
+                else:
+                    runs += [(self.offsets[k], self.offsets[k + 1], parts[k]) for k in range(i, j)]
+                i = j
+            if len(runs) < len(parts):
+                self._runs = runs
+        # the parts share x's quantization / rounding only where two of them take the same kind (else each
+        # call quantizes x in its own compiled kernel call: MVX / GEMMX)
+        kinds = [p.ggml_type for _, _, p in self._runs] if self._runs else [p.ggml_type for p in parts]
+        self._share = len(set(kinds)) < len(kinds)
 
     def _pack(self):
         t, R, parts = self.ggml_type, self._R, self.parts
@@ -651,11 +720,19 @@ class FusedLinear:
             else:
                 _prompt_packed(self.ggml_type, self._packed, x, out)
             return out
+        if self._whole is not None and (x.shape[0] <= DECODE_MAX or self._whole.prompt_by_decode):
+            return self._whole(x, out)  # decode: mv_half; prompts: gemm_half (bit-exact with it per row)
+        runs = self._runs or zip(self.offsets[:-1], self.offsets[1:], self.parts)
+        if not self._share:
+            for a, b, p in runs:
+                out[:, a:b] = p(x)
+            return out
         sh = _shared  # this thread's: x is not written during the loop
         prev = sh.x, sh.act
-        sh.x, sh.act = x, {}  # the parts quantize x once per weight type (see _simd_activations)
+        if x is not prev[0]:
+            sh.x, sh.act = x, {}  # the parts quantize x once per weight type (see _simd_activations)
         try:
-            for p, a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
+            for a, b, p in runs:
                 out[:, a:b] = p(x)
         finally:
             sh.x, sh.act = prev
