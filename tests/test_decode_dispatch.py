@@ -4,7 +4,7 @@
   `prep(typ, level, *quantize(x))` array for array, for every SIMD type and every level this CPU runs;
 - a Linear's decode through the cached kernel entry point equals the dispatcher's call of the same kernel with
   the activations of q8.py + prep (the reference path), for every SIMD type, also with a non-contiguous output
-  (for Q4_0 / Q8_0 / Q4_K the small-tile GEMM quantizing in its own call, gemmx.py: the same bits);
+  (for Q4_0 / Q8_0 / Q4_K / Q6_K the small-tile GEMM quantizing in its own call, gemmx.py: the same bits);
 - q8.py's block maxima (partial scans) keep the single scan's choice: Q8_K's first extreme wins a tie of
   magnitudes; its f16 scales round as ggml's FP32_TO_FP16 (nearest even, inf past 65504);
 - a FusedLinear of mixed types (run part by part, sharing the quantized input) equals its parts called alone.
