@@ -113,9 +113,9 @@ def instrument(model, prof):
     prof.patch(linear.FusedLinear, "split", "split copies")
     orig_run = linear._run_kernel
 
-    def run_kernel(owner, weights, fn, act, out):
+    def run_kernel(owner, weights, fn, act, out, pre=()):
         t0 = ns()
-        orig_run(owner, weights, fn, act, out)
+        orig_run(owner, weights, fn, act, out, pre)
         dt = ns() - t0
         kk = f"{prof.role}:{fn.__name__}"
         prof.t[kk] += dt
