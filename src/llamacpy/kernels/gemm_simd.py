@@ -30,10 +30,12 @@ linear.py).
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+from numba.np.ufunc.parallel import _launch_threads
 
 from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
 from .legacy_simd import PANEL_BLOCKS, panel_blocks
@@ -54,9 +56,6 @@ TILE_K = {Q4_K: {"avx512vnni": (3, 3), "avxvnni": (2, 3), "avx2": (2, 3), "neon"
 # bytes on that shape and on 2048x5632 (ffn_down): 128 KiB 256/261 and 267/249, 384 KiB 271/284 and 264/242,
 # 768 KiB 266/302 and 269/267
 BLOCK_BYTES = 768 << 10
-# Row tiles per block of the chunked walk (a spread tile over rows of several panels, or a tile with kc): the
-# block's f32 accumulators live on the stack between chunks (CHUNK_TILES * RT * TT vectors)
-CHUNK_TILES = 16
 
 # Decode calls (1..8 tokens, up to linear.DECODE_MAX): the tile per type, level and token count n, for the GEMM
 # to replace the decode kernel (which redoes the weight loads / nibble splits per token and shares no activation
@@ -169,16 +168,16 @@ def _clamp(builder, i, lim):
     return builder.select(builder.icmp_signed("<", i, last), i, last)
 
 
-def _tile_codegen(level, nsteps, q4, RT, TT, BK=0):
+def _tile_codegen(level, nsteps, q4, RT, TT, chunked=False):
     """Codegen of one tile for Q4_0 (q4: arrays qs, d, xlo, xhi, xd, xo, y) or Q8_0 (qs, d, xq, xd, xo, y);
     trailing args r0, rs, t0, n_tok (i64): rows r0 + i * rs, tokens t0 + j.
-    BK > 0 (a chunked Tile: kc > 0, at most BK tiles a call): trailing args r0, rs, bs, nbt, kc, t0, n_tok: nbt tiles (b = 0..nbt-1: rows
-    r0 + b * bs + i * rs) walked kc groups at a time -- for each chunk of kc groups, every tile of the block in
-    turn, its f32 accumulators kept in a stack array between chunks (stored and loaded as is: exact). So the
-    chunk's activations stay in L1 across the block's tiles (long rows: 11008 weights = 14 KB of Q4_0
-    activations, which a 3-row tile's 19 KB of weights evict when a row is walked whole), while each row slot
-    still reads its rows in address order (chunk by chunk: the block's rows are a small window). Per (row,
-    token) the groups, their ops and their order are those of the unchunked tile."""
+    chunked: one more array, keep (f32, 1-D), then r0, rs, bs, nbt, kc, t0, n_tok, kbase: nbt tiles (b = 0..nbt-1:
+    rows r0 + b * bs + i * rs) walked kc groups at a time -- for each chunk of kc groups (legacy_simd's panel),
+    every tile of the block in turn, their f32 accumulators kept in keep (vectors kbase + (b * RT + i) * TT + j)
+    between chunks (stored and loaded as is: exact). So the chunk's activations stay in L1 across the block's
+    tiles (rows of 11008: 14 KB of Q4_0 activations, evicted by a 3-row tile's 19 KB of weights when each row is
+    walked whole), while each row slot still reads in address order (one panel of the block's rows, then the
+    next). Per (row, token) the groups, their ops and their order are those of the plain walk."""
     W = WIDTH[level]
     n32 = W // 4
     vi32, vf32 = _vt(I32, n32), _vt(F32, n32)
@@ -195,9 +194,9 @@ def _tile_codegen(level, nsteps, q4, RT, TT, BK=0):
         nbp = shp(D)[1]
         n_out = shp(Y)[1]
         c = lambda v: ir.Constant(I64, v)
-        chunked = BK > 0
         if chunked:
-            r0, rs, bs, nbt, kc, t0, n_tok = args[2 + nar:9 + nar]
+            keep = context.make_array(sig.args[2 + nar])(context, builder, args[2 + nar]).data
+            r0, rs, bs, nbt, kc, t0, n_tok, kbase = args[3 + nar:11 + nar]
         else:
             r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]  # n_tok: valid below
             bs, nbt, kc = c(0), c(1), None
@@ -254,13 +253,14 @@ def _tile_codegen(level, nsteps, q4, RT, TT, BK=0):
             groups(r0, c(0), ngroups)
             _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
             return context.get_dummy_value()
-        # the block's accumulators: (nbt, RT, TT) vectors on the stack (nbt <= BK)
-        keep = cgutils.alloca_once(builder, vf32, size=c(BK * RT * TT))
-        slot = lambda b, i, j: builder.gep(keep, [builder.add(builder.mul(b, c(RT * TT)), c(i * TT + j))])
+        # the block's accumulators: (nbt, RT, TT) vectors of keep from vector kbase on
+        kv = builder.bitcast(keep, vf32.as_pointer())
+        slot = lambda b, i, j: builder.gep(kv, [builder.add(kbase, builder.add(builder.mul(b, c(RT * TT)),
+                                                                               c(i * TT + j)))])
         with cgutils.for_range(builder, nbt) as lb:
             for i in range(RT):
                 for j in range(TT):
-                    builder.store(ir.Constant(vf32, None), slot(lb.index, i, j))
+                    builder.store(ir.Constant(vf32, None), slot(lb.index, i, j), align=4)
         nch = builder.udiv(builder.add(ngroups, builder.sub(kc, c(1))), kc)
         with cgutils.for_range(builder, nch) as lc:
             g_lo = builder.mul(lc.index, kc)
@@ -270,16 +270,16 @@ def _tile_codegen(level, nsteps, q4, RT, TT, BK=0):
                 b = lb.index
                 for i in range(RT):
                     for j in range(TT):
-                        builder.store(builder.load(slot(b, i, j)), facc[i][j])
+                        builder.store(builder.load(slot(b, i, j), align=4), facc[i][j])
                 groups(builder.add(r0, builder.mul(b, bs)), g_lo, g_hi)
                 for i in range(RT):
                     for j in range(TT):
-                        builder.store(builder.load(facc[i][j]), slot(b, i, j))
+                        builder.store(builder.load(facc[i][j]), slot(b, i, j), align=4)
         with cgutils.for_range(builder, nbt) as lb:
             b = lb.index
             for i in range(RT):
                 for j in range(TT):
-                    builder.store(builder.load(slot(b, i, j)), facc[i][j])
+                    builder.store(builder.load(slot(b, i, j), align=4), facc[i][j])
             _store(builder, A.data[Y], facc, builder.add(r0, builder.mul(b, bs)), rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 
@@ -470,24 +470,39 @@ def _tile_q8_0(typingctx, isa, tl, qs, d, xq, xd, xo, y, r0, rs, t0, t_end):
             _tile_codegen(level, 8, False, RT, TT))
 
 
-@intrinsic
-def _tile_q4_0c(typingctx, isa, tl, qs, d, xlo, xhi, xd, xo, y, r0, rs, bs, nbt, kc, t0, t_end):
-    level = _level(isa)
-    if not _c2(qs, d, xlo, xhi, xd, xo, y):
-        return None
-    RT, TT = _shape(tl)
-    return types.void(isa, tl, qs, d, xlo, xhi, xd, xo, y, *[types.int64] * 7), \
-        _tile_codegen(level, 4, True, RT, TT, _bk(tl))
+def _may_chunk(tl):
+    """Whether a GEMM over this tile can take the chunked walk (_chunk_groups > 0 for some matrix): spread tiles
+    and tiles with kc. For the others (the prompt tiles) that branch is emitted empty (it never runs): no second
+    copy of their unrolled tile to compile."""
+    return tl.spread or tl.kc > 0
+
+
+def _nothing(context, builder, sig, args):
+    return context.get_dummy_value()
+
+
+def _c1(a):
+    return isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1 and a.dtype == types.float32
 
 
 @intrinsic
-def _tile_q8_0c(typingctx, isa, tl, qs, d, xq, xd, xo, y, r0, rs, bs, nbt, kc, t0, t_end):
+def _tile_q4_0c(typingctx, isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, r0, rs, bs, nbt, kc, t0, t_end, kbase):
     level = _level(isa)
-    if not _c2(qs, d, xq, xd, xo, y):
+    if not (_c2(qs, d, xlo, xhi, xd, xo, y) and _c1(keep)):
         return None
     RT, TT = _shape(tl)
-    return (types.void(isa, tl, qs, d, xq, xd, xo, y, *[types.int64] * 7),
-            _tile_codegen(level, 8, False, RT, TT, _bk(tl)))
+    return types.void(isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, *[types.int64] * 8), \
+        _tile_codegen(level, 4, True, RT, TT, True) if _may_chunk(tl) else _nothing
+
+
+@intrinsic
+def _tile_q8_0c(typingctx, isa, tl, qs, d, xq, xd, xo, y, keep, r0, rs, bs, nbt, kc, t0, t_end, kbase):
+    level = _level(isa)
+    if not (_c2(qs, d, xq, xd, xo, y) and _c1(keep)):
+        return None
+    RT, TT = _shape(tl)
+    return (types.void(isa, tl, qs, d, xq, xd, xo, y, keep, *[types.int64] * 8),
+            _tile_codegen(level, 8, False, RT, TT, True) if _may_chunk(tl) else _nothing)
 
 
 @intrinsic
@@ -523,30 +538,52 @@ def tile_shape(typingctx, tl):
 
 @intrinsic
 def tile_chunk(typingctx, tl):
-    """(kc, bk) of a Tile token as compile-time constants: kc 0 = chunked only over panels (spread tiles), bk
-    CHUNK_TILES unless the token sets it."""
+    """(kc, bk) of a Tile token as compile-time constants (0: from the matrix / one block per thread)."""
     _shape(tl)
 
     def cg(context, builder, sig, args):
-        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, v) for v in (tl.kc, _bk(tl))])
+        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, v) for v in (tl.kc, tl.bk)])
 
     return types.UniTuple(types.int64, 2)(tl), cg
 
 
-def _bk(tl):
-    return tl.bk or CHUNK_TILES
-
-
 @nb.njit(**JIT)
-def _chunk_groups(isa, KC, SP, nbp):
-    """Groups per chunk of the chunked walk (0: the plain walk): the tile's kc, else for spread (decode) tiles
-    the panel's groups where legacy_simd's layout has more than one panel."""
+def _chunk_groups(isa, KC, SP, TT, n_tok, nbp):
+    """Groups per chunk of the chunked walk, 0 for the plain walk: calls of one token tile (n_tok <= TT: the
+    decode calls; more would stream a block's weights once per token tile) with the tile's kc, else for spread
+    (decode) tiles the panel's groups where legacy_simd's layout has more than one panel."""
+    if n_tok > TT:
+        return 0
     if KC > 0:
         return KC
     pb = panel_blocks(nbp)
     if SP and pb < nbp:
         return pb // (width(isa) // 4)
     return 0
+
+
+@nb.njit(**JIT)
+def _chunk_blocks(BK, nrt):
+    """Row tiles per block of the chunked walk: the tile's bk, else the row tiles split evenly, one block per
+    thread (measured on 4096x11008 Q4_0, 1 thread, GB/s: blocks of 8 tiles 18.5, 32 24.1, 128 26.8, 512 28.0
+    -- each block switch restarts the row slots' streams -- against 20.5 for the plain walk)."""
+    if BK > 0:
+        return BK
+    nth = _num_threads()
+    return max(1, (nrt + nth - 1) // nth)
+
+
+@intrinsic
+def _num_threads(typingctx):
+    """numba's thread count, by the symbol its parfors call (nb.get_num_threads() in a kernel goes through a
+    ctypes pointer, which makes the kernel uncacheable)."""
+    _launch_threads()
+
+    def cg(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(cgutils.intp_t, []), "get_num_threads")
+        return builder.call(fn, [])
+
+    return types.intp(), cg
 
 
 @nb.njit(**JIT)
@@ -563,12 +600,15 @@ def gemm_q4_0(isa, tl, qs, d, xlo, xhi, xd, xo, y):
     KC, BK = tile_chunk(tl)
     nrt = (n_out + RT - 1) // RT
     RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
-    kc = _chunk_groups(isa, KC, SP, d.shape[1])
-    if kc > 0:  # blocks of BK tiles, kc groups at a time (_tile_codegen); decode calls: no token blocks
-        for blk in nb.prange((nrt + BK - 1) // BK):
-            nbt = min(BK, nrt - blk * BK)
-            for t0 in range(0, n_tok, TT):
-                _tile_q4_0c(isa, tl, qs, d, xlo, xhi, xd, xo, y, blk * BK * RS0, RS1, RS0, nbt, kc, t0, n_tok)
+    kc = _chunk_groups(isa, KC, SP, TT, n_tok, d.shape[1])
+    if kc > 0:  # blocks of bk tiles, kc groups at a time (_tile_codegen)
+        bk = _chunk_blocks(BK, nrt)
+        nblk = (nrt + bk - 1) // bk
+        keep = np.empty(nblk * bk * RT * TT * (width(isa) // 4), np.float32)
+        for blk in nb.prange(nblk):
+            nbt = min(bk, nrt - blk * bk)
+            _tile_q4_0c(isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, blk * bk * RS0, RS1, RS0, nbt, kc, 0, n_tok,
+                        blk * bk * RT * TT)
         return
     TB = _token_block(2 * xlo.shape[1], TT)
     for tb in range(0, n_tok, TB):
@@ -586,12 +626,15 @@ def gemm_q8_0(isa, tl, qs, d, xq, xd, xo, y):
     KC, BK = tile_chunk(tl)
     nrt = (n_out + RT - 1) // RT
     RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
-    kc = _chunk_groups(isa, KC, SP, d.shape[1])
+    kc = _chunk_groups(isa, KC, SP, TT, n_tok, d.shape[1])
     if kc > 0:  # as gemm_q4_0's
-        for blk in nb.prange((nrt + BK - 1) // BK):
-            nbt = min(BK, nrt - blk * BK)
-            for t0 in range(0, n_tok, TT):
-                _tile_q8_0c(isa, tl, qs, d, xq, xd, xo, y, blk * BK * RS0, RS1, RS0, nbt, kc, t0, n_tok)
+        bk = _chunk_blocks(BK, nrt)
+        nblk = (nrt + bk - 1) // bk
+        keep = np.empty(nblk * bk * RT * TT * (width(isa) // 4), np.float32)
+        for blk in nb.prange(nblk):
+            nbt = min(bk, nrt - blk * bk)
+            _tile_q8_0c(isa, tl, qs, d, xq, xd, xo, y, keep, blk * bk * RS0, RS1, RS0, nbt, kc, 0, n_tok,
+                        blk * bk * RT * TT)
         return
     TB = _token_block(xq.shape[1], TT)
     for tb in range(0, n_tok, TB):
