@@ -2,11 +2,14 @@
 (gemm_simd, TT=1) and a plain read of the same bytes, at 1 and 2 threads (issue 10's 7B profile).
 
 Usage: python benchmarks/bench_7b_kernels.py [--shapes 4096x4096,11008x4096,4096x11008] [--type Q4_0]
-       [--tiles 3,2,4] [--threads 1,2] [--reps 5] [--rounds 2] [--mb 320] [--no-huge]
+       [--tiles 3,2,4,3k11b64] [--threads 1,2] [--reps 5] [--rounds 2] [--mb 320] [--no-huge] [--cpu]
 The repacked matrices (the decode layout) are copied into one anonymous buffer advised MADV_HUGEPAGE (as the
 repack cache's PMD-mapped entries are; --no-huge: 4 KiB pages) and cycled over --mb MB in all, so every call
 reads from DRAM. ms = best wall time of one call (perf_counter), GB/s = packed bytes / that time. Interleaved
-rounds so that a burst of load from other jobs hits every variant.
+rounds (over shapes and variants) so that a burst of load from other jobs hits every variant. Each tile is
+checked bit for bit against the decode kernel first. Tiles: RT (a spread RT x 1 tile; on rows of several panels
+it takes gemm_simd's chunked walk) or RTkKCbBK (chunked walk forced: KC groups a chunk, BK row tiles a block).
+Must not: be imported by the library.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ holds rows rt*RT + i, or with `spread` rows rt + i*nrt (nrt row tiles): then eve
 address order, which the hardware prefetchers follow (decode batches read the weights from DRAM; see SMALL).
 Remainders: a partial tile reads its last valid row / token again for the missing ones and stores only the
 valid results.
+Chunked walk (Q4_0 / Q8_0, calls of one token tile): over a matrix whose rows are in several panels
+(legacy_simd's layout for rows > 8192 weights) a spread tile walks panel by panel -- each thread's row tiles,
+one panel of all of them, then the next, the f32 accumulators kept in a scratch array in between -- so that the
+panel's activations stay in L1 (the 7B's 11008-long ffn_down rows: 14 KB of activations against a 3-row tile's
+19 KB of weights per row walked whole; measured 1 thread from DRAM 20.7 -> 26.7 GB/s, see _chunk_blocks).
+A tile token's kc / bk force it (tests, benchmarks/bench_7b_kernels.py).
 Bit-exact with the decode kernels, for every (row, token): the integer sums are exact (the same dot steps on
 the same bytes; int32 addition in any order gives the same sum), and the f32 part is the decode kernel's op for
 op -- per group acc = cvt(isum) * (d_w * d_x) + acc in the same group order, then simd.vhsum's pairwise
