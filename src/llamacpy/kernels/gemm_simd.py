@@ -19,12 +19,6 @@ holds rows rt*RT + i, or with `spread` rows rt + i*nrt (nrt row tiles): then eve
 address order, which the hardware prefetchers follow (decode batches read the weights from DRAM; see SMALL).
 Remainders: a partial tile reads its last valid row / token again for the missing ones and stores only the
 valid results.
-Chunked walk (Q4_0 / Q8_0, calls of one token tile): over a matrix whose rows are in several panels
-(legacy_simd's layout for rows > 8192 weights) a spread tile walks panel by panel -- each thread's row tiles,
-one panel of all of them, then the next, the f32 accumulators kept in a scratch array in between -- so that the
-panel's activations stay in L1 (the 7B's 11008-long ffn_down rows: 14 KB of activations against a 3-row tile's
-19 KB of weights per row walked whole; measured 1 thread from DRAM 20.7 -> 26.7 GB/s, see _chunk_blocks).
-A tile token's kc / bk force it (tests, benchmarks/bench_7b_kernels.py).
 Bit-exact with the decode kernels, for every (row, token): the integer sums are exact (the same dot steps on
 the same bytes; int32 addition in any order gives the same sum), and the f32 part is the decode kernel's op for
 op -- per group acc = cvt(isum) * (d_w * d_x) + acc in the same group order, then simd.vhsum's pairwise
@@ -36,16 +30,13 @@ linear.py).
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
-from numba.np.ufunc.parallel import _launch_threads
 
 from .common import JIT, PJIT, Q4_0, Q4_K, Q6_K, Q8_0
-from .legacy_simd import PANEL_BLOCKS, panel_blocks
-from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32, width
+from .simd import WIDTH, _level, ir_dot_s8s8b, ir_dot_u8s8, ir_hsum_f32
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32 = ir.FloatType()
@@ -91,32 +82,27 @@ SMALL = {Q4_0: {"avx512vnni": _S((3, 1), (2, 2), (2, 3), (2, 4), (2, 3), (2, 3),
 
 # -- the tile token: a value whose numba type carries (RT, TT), as simd.Isa carries the level ------------------
 class Tile:
-    """(rows, tokens) of a register tile, passed to the GEMMs; each shape compiles (and caches) its own kernel.
-    kc > 0 (Q4_0 / Q8_0 only): rows walked kc groups at a time over blocks of bk tiles (see _tile_codegen)."""
+    """(rows, tokens) of a register tile, passed to the GEMMs; each shape compiles (and caches) its own kernel."""
 
-    def __init__(self, rt: int, tt: int, spread: bool = False, kc: int = 0, bk: int = 0):
-        self.rt, self.tt, self.spread, self.kc, self.bk = rt, tt, spread, kc, bk
+    def __init__(self, rt: int, tt: int, spread: bool = False):
+        self.rt, self.tt, self.spread = rt, tt, spread
 
     def __repr__(self):
-        ch = f", kc={self.kc}, bk={self.bk}" if self.kc else ""
-        return f"Tile({self.rt}, {self.tt}{', spread' if self.spread else ''}{ch})"
+        return f"Tile({self.rt}, {self.tt}{', spread' if self.spread else ''})"
 
 
 class TileType(types.Type):
-    def __init__(self, rt: int, tt: int, spread: bool = False, kc: int = 0, bk: int = 0):
-        self.rt, self.tt, self.spread, self.kc, self.bk = rt, tt, spread, kc, bk
-        ch = f"k{kc}b{bk}" if kc else ""
-        super().__init__(name=f"Tile({rt}x{tt}{'s' if spread else ''}{ch})")
+    def __init__(self, rt: int, tt: int, spread: bool = False):
+        self.rt, self.tt, self.spread = rt, tt, spread
+        super().__init__(name=f"Tile({rt}x{tt}{'s' if spread else ''})")
 
 
 _TILES: dict = {}
 
 
-def tile(rt: int, tt: int, spread: bool = False, kc: int = 0, bk: int = 0) -> Tile:
-    """The (shared) token of a tile shape (kc, bk: chunked walk, Q4_0 / Q8_0 only, both > 0, or both 0)."""
-    k = (int(rt), int(tt), bool(spread), int(kc), int(bk) if kc else 0)
-    if k[3] < 0 or (k[3] > 0) != (k[4] > 0):
-        raise ValueError(f"tile: kc and bk must both be > 0 or kc 0 (got kc={kc}, bk={bk})")
+def tile(rt: int, tt: int, spread: bool = False) -> Tile:
+    """The (shared) token of a tile shape."""
+    k = (int(rt), int(tt), bool(spread))
     return _TILES.setdefault(k, Tile(*k))
 
 
@@ -135,7 +121,7 @@ def prompt_tile(typ: int, level: str) -> Tile:
 def _typeof_tile(val, c):
     t = val.__dict__.get("_nbtype")
     if t is None:  # made once per token: constructing (interning) a numba Type per call measured 3.5 us vs 1.2
-        t = val._nbtype = TileType(val.rt, val.tt, val.spread, val.kc, val.bk)
+        t = val._nbtype = TileType(val.rt, val.tt, val.spread)
     return t
 
 
@@ -174,16 +160,9 @@ def _clamp(builder, i, lim):
     return builder.select(builder.icmp_signed("<", i, last), i, last)
 
 
-def _tile_codegen(level, nsteps, q4, RT, TT, chunked=False):
+def _tile_codegen(level, nsteps, q4, RT, TT):
     """Codegen of one tile for Q4_0 (q4: arrays qs, d, xlo, xhi, xd, xo, y) or Q8_0 (qs, d, xq, xd, xo, y);
-    trailing args r0, rs, t0, n_tok (i64): rows r0 + i * rs, tokens t0 + j.
-    chunked: one more array, keep (f32, 1-D), then r0, rs, bs, nbt, kc, t0, n_tok, kbase: nbt tiles (b = 0..nbt-1:
-    rows r0 + b * bs + i * rs) walked kc groups at a time -- for each chunk of kc groups (legacy_simd's panel),
-    every tile of the block in turn, their f32 accumulators kept in keep (vectors kbase + (b * RT + i) * TT + j)
-    between chunks (stored and loaded as is: exact). So the chunk's activations stay in L1 across the block's
-    tiles (rows of 11008: 14 KB of Q4_0 activations, evicted by a 3-row tile's 19 KB of weights when each row is
-    walked whole), while each row slot still reads in address order (one panel of the block's rows, then the
-    next). Per (row, token) the groups, their ops and their order are those of the plain walk."""
+    trailing args r0, t0, t_end (i64)."""
     W = WIDTH[level]
     n32 = W // 4
     vi32, vf32 = _vt(I32, n32), _vt(F32, n32)
@@ -199,94 +178,46 @@ def _tile_codegen(level, nsteps, q4, RT, TT, chunked=False):
         H = shp(QS)[1]
         nbp = shp(D)[1]
         n_out = shp(Y)[1]
+        r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]  # n_tok: tokens are valid below it
         c = lambda v: ir.Constant(I64, v)
-        if chunked:
-            keep = context.make_array(sig.args[2 + nar])(context, builder, args[2 + nar]).data
-            r0, rs, bs, nbt, kc, t0, n_tok, kbase = args[3 + nar:11 + nar]
-        else:
-            r0, rs, t0, n_tok = args[2 + nar], args[3 + nar], args[4 + nar], args[5 + nar]  # n_tok: valid below
-            bs, nbt, kc = c(0), c(1), None
+        rows = [_clamp(builder, builder.add(r0, builder.mul(rs, c(i))), n_out) for i in range(RT)]
         toks = [_clamp(builder, builder.add(t0, c(j)), n_tok) for j in range(TT)]
+        qrow = [builder.mul(r, H) for r in rows]
         xrow = [builder.mul(t, H) for t in toks]
+        drow = [builder.mul(r, nbp) for r in rows]
         xdrow = [builder.mul(t, nbp) for t in toks]
         facc = [[cgutils.alloca_once_value(builder, ir.Constant(vf32, None)) for _ in range(TT)] for _ in range(RT)]
         ngroups = builder.udiv(nbp, c(n32))
         gstride = nsteps * W  # quant bytes of one group
-
-        # legacy_simd's panels: PB blocks a panel, P = ceil(nbp / PANEL_BLOCKS) of them (PB = nbp: one)
-        npan = builder.udiv(builder.add(nbp, c(PANEL_BLOCKS - 1)), c(PANEL_BLOCKS))
-        PB = builder.udiv(nbp, builder.select(builder.icmp_signed("<", npan, c(1)), c(1), npan))
-
-        def groups(rb, g_lo, g_hi):
-            """facc[i][j] += the groups g_lo..g_hi-1 of the tile whose first row is rb."""
-            rows = [_clamp(builder, builder.add(rb, builder.mul(rs, c(i))), n_out) for i in range(RT)]
-            with cgutils.for_range(builder, builder.sub(g_hi, g_lo)) as loop:
-                g = builder.add(g_lo, loop.index)
-                b0 = builder.mul(g, c(n32))  # the group's first block in the row (activations: row-major)
-                q0 = builder.mul(g, c(gstride))
-                pan = builder.udiv(b0, PB)
-                pbase = builder.sub(b0, builder.mul(pan, PB))  # block within the panel
-                drow = [builder.add(builder.mul(builder.add(builder.mul(pan, n_out), r), PB), pbase) for r in rows]
-                qrow = [builder.sub(builder.mul(dq, c(gstride // n32)), q0) for dq in drow]  # + q0 below
-                drow = [builder.sub(dq, b0) for dq in drow]  # + b0 below
-                iacc = [[A.vec(builder, XO, builder.add(xdrow[j], b0), I32, n32) for j in range(TT)]
-                        for _ in range(RT)]
-                for s in range(nsteps):
-                    off = builder.add(q0, c(s * W))
-                    xa = [A.vec(builder, XA, builder.add(xrow[j], off), I8, W) for j in range(TT)]
-                    xb = [A.vec(builder, XB, builder.add(xrow[j], off), I8, W) for j in range(TT)] if q4 else None
-                    for i in range(RT):
-                        w = A.vec(builder, QS, builder.add(qrow[i], off), I8, W)
-                        if q4:
-                            lo = builder.and_(w, ir.Constant(_vt(I8, W), [15] * W))
-                            hi = builder.lshr(w, ir.Constant(_vt(I8, W), [4] * W))
-                            for j in range(TT):
-                                a = ir_dot_u8s8(builder, level, iacc[i][j], lo, xa[j])
-                                iacc[i][j] = ir_dot_u8s8(builder, level, a, hi, xb[j])
-                        else:
-                            for j in range(TT):
-                                iacc[i][j] = ir_dot_s8s8b(builder, level, iacc[i][j], w, xa[j])
-                dv = [builder.fpext(builder.bitcast(A.vec(builder, D, builder.add(drow[i], b0), I16, n32),
-                                                    _vt(ir.HalfType(), n32)), vf32) for i in range(RT)]
-                xdv = [A.vec(builder, XD, builder.add(xdrow[j], b0), F32, n32) for j in range(TT)]
+        with cgutils.for_range(builder, ngroups) as loop:
+            g = loop.index
+            b0 = builder.mul(g, c(n32))
+            q0 = builder.mul(g, c(gstride))
+            iacc = [[A.vec(builder, XO, builder.add(xdrow[j], b0), I32, n32) for j in range(TT)] for _ in range(RT)]
+            for s in range(nsteps):
+                off = builder.add(q0, c(s * W))
+                xa = [A.vec(builder, XA, builder.add(xrow[j], off), I8, W) for j in range(TT)]
+                xb = [A.vec(builder, XB, builder.add(xrow[j], off), I8, W) for j in range(TT)] if q4 else None
                 for i in range(RT):
-                    for j in range(TT):
-                        sc = builder.fmul(dv[i], xdv[j], flags=FAST)
-                        p = builder.fmul(builder.sitofp(iacc[i][j], vf32), sc, flags=FAST)
-                        builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
-
-        if not chunked:
-            groups(r0, c(0), ngroups)
-            _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
-            return context.get_dummy_value()
-        # the block's accumulators: (nbt, RT, TT) vectors of keep from vector kbase on
-        kv = builder.bitcast(keep, vf32.as_pointer())
-        slot = lambda b, i, j: builder.gep(kv, [builder.add(kbase, builder.add(builder.mul(b, c(RT * TT)),
-                                                                               c(i * TT + j)))])
-        with cgutils.for_range(builder, nbt) as lb:
+                    w = A.vec(builder, QS, builder.add(qrow[i], off), I8, W)
+                    if q4:
+                        lo = builder.and_(w, ir.Constant(_vt(I8, W), [15] * W))
+                        hi = builder.lshr(w, ir.Constant(_vt(I8, W), [4] * W))
+                        for j in range(TT):
+                            a = ir_dot_u8s8(builder, level, iacc[i][j], lo, xa[j])
+                            iacc[i][j] = ir_dot_u8s8(builder, level, a, hi, xb[j])
+                    else:
+                        for j in range(TT):
+                            iacc[i][j] = ir_dot_s8s8b(builder, level, iacc[i][j], w, xa[j])
+            dv = [builder.fpext(builder.bitcast(A.vec(builder, D, builder.add(drow[i], b0), I16, n32),
+                                                _vt(ir.HalfType(), n32)), vf32) for i in range(RT)]
+            xdv = [A.vec(builder, XD, builder.add(xdrow[j], b0), F32, n32) for j in range(TT)]
             for i in range(RT):
                 for j in range(TT):
-                    builder.store(ir.Constant(vf32, None), slot(lb.index, i, j), align=4)
-        nch = builder.udiv(builder.add(ngroups, builder.sub(kc, c(1))), kc)
-        with cgutils.for_range(builder, nch) as lc:
-            g_lo = builder.mul(lc.index, kc)
-            g_hi = builder.select(builder.icmp_signed("<", builder.add(g_lo, kc), ngroups), builder.add(g_lo, kc),
-                                  ngroups)
-            with cgutils.for_range(builder, nbt) as lb:
-                b = lb.index
-                for i in range(RT):
-                    for j in range(TT):
-                        builder.store(builder.load(slot(b, i, j), align=4), facc[i][j])
-                groups(builder.add(r0, builder.mul(b, bs)), g_lo, g_hi)
-                for i in range(RT):
-                    for j in range(TT):
-                        builder.store(builder.load(facc[i][j]), slot(b, i, j), align=4)
-        with cgutils.for_range(builder, nbt) as lb:
-            b = lb.index
-            for i in range(RT):
-                for j in range(TT):
-                    builder.store(builder.load(slot(b, i, j), align=4), facc[i][j])
-            _store(builder, A.data[Y], facc, builder.add(r0, builder.mul(b, bs)), rs, t0, n_out, n_tok, RT, TT)
+                    sc = builder.fmul(dv[i], xdv[j], flags=FAST)
+                    p = builder.fmul(builder.sitofp(iacc[i][j], vf32), sc, flags=FAST)
+                    builder.store(builder.fadd(p, builder.load(facc[i][j]), flags=FAST), facc[i][j])
+        _store(builder, A.data[Y], facc, r0, rs, t0, n_out, n_tok, RT, TT)
         return context.get_dummy_value()
 
     return cg
@@ -476,41 +407,6 @@ def _tile_q8_0(typingctx, isa, tl, qs, d, xq, xd, xo, y, r0, rs, t0, t_end):
             _tile_codegen(level, 8, False, RT, TT))
 
 
-def _may_chunk(tl):
-    """Whether a GEMM over this tile can take the chunked walk (_chunk_groups > 0 for some matrix): spread tiles
-    and tiles with kc. For the others (the prompt tiles) that branch is emitted empty (it never runs): no second
-    copy of their unrolled tile to compile."""
-    return tl.spread or tl.kc > 0
-
-
-def _nothing(context, builder, sig, args):
-    return context.get_dummy_value()
-
-
-def _c1(a):
-    return isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1 and a.dtype == types.float32
-
-
-@intrinsic
-def _tile_q4_0c(typingctx, isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, r0, rs, bs, nbt, kc, t0, t_end, kbase):
-    level = _level(isa)
-    if not (_c2(qs, d, xlo, xhi, xd, xo, y) and _c1(keep)):
-        return None
-    RT, TT = _shape(tl)
-    return types.void(isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, *[types.int64] * 8), \
-        _tile_codegen(level, 4, True, RT, TT, True) if _may_chunk(tl) else _nothing
-
-
-@intrinsic
-def _tile_q8_0c(typingctx, isa, tl, qs, d, xq, xd, xo, y, keep, r0, rs, bs, nbt, kc, t0, t_end, kbase):
-    level = _level(isa)
-    if not (_c2(qs, d, xq, xd, xo, y) and _c1(keep)):
-        return None
-    RT, TT = _shape(tl)
-    return (types.void(isa, tl, qs, d, xq, xd, xo, y, keep, *[types.int64] * 8),
-            _tile_codegen(level, 8, False, RT, TT, True) if _may_chunk(tl) else _nothing)
-
-
 @intrinsic
 def _tile_q4_k(typingctx, isa, tl, qs, sl, sh, ml, mh, d, dmin, xa, xb, bl, bh, xd, y, r0, rs, t0, t_end):
     level = _level(isa)
@@ -542,56 +438,6 @@ def tile_shape(typingctx, tl):
     return types.UniTuple(types.int64, 3)(tl), cg
 
 
-@intrinsic
-def tile_chunk(typingctx, tl):
-    """(kc, bk) of a Tile token as compile-time constants (0: from the matrix / one block per thread)."""
-    _shape(tl)
-
-    def cg(context, builder, sig, args):
-        return context.make_tuple(builder, sig.return_type, [ir.Constant(I64, v) for v in (tl.kc, tl.bk)])
-
-    return types.UniTuple(types.int64, 2)(tl), cg
-
-
-@nb.njit(**JIT)
-def _chunk_groups(isa, KC, SP, TT, n_tok, nbp):
-    """Groups per chunk of the chunked walk, 0 for the plain walk: calls of one token tile (n_tok <= TT: the
-    decode calls; more would stream a block's weights once per token tile) with the tile's kc, else for spread
-    (decode) tiles the panel's groups where legacy_simd's layout has more than one panel."""
-    if n_tok > TT:
-        return 0
-    if KC > 0:
-        return KC
-    pb = panel_blocks(nbp)
-    if SP and pb < nbp:
-        return pb // (width(isa) // 4)
-    return 0
-
-
-@nb.njit(**JIT)
-def _chunk_blocks(BK, nrt):
-    """Row tiles per block of the chunked walk: the tile's bk, else the row tiles split evenly, one block per
-    thread (measured on 4096x11008 Q4_0, 1 thread, GB/s: blocks of 8 tiles 18.5, 32 24.1, 128 26.8, 512 28.0
-    -- each block switch restarts the row slots' streams -- against 20.5 for the plain walk)."""
-    if BK > 0:
-        return BK
-    nth = _num_threads()
-    return max(1, (nrt + nth - 1) // nth)
-
-
-@intrinsic
-def _num_threads(typingctx):
-    """numba's thread count, by the symbol its parfors call (nb.get_num_threads() in a kernel goes through a
-    ctypes pointer, which makes the kernel uncacheable)."""
-    _launch_threads()
-
-    def cg(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(cgutils.intp_t, []), "get_num_threads")
-        return builder.call(fn, [])
-
-    return types.intp(), cg
-
-
 @nb.njit(**JIT)
 def _token_block(xbytes, TT):
     """Tokens per outer block: BLOCK_BYTES of activations (xbytes a token), whole tiles, at least one tile."""
@@ -603,19 +449,8 @@ def gemm_q4_0(isa, tl, qs, d, xlo, xhi, xd, xo, y):
     """y (n_tok, n_out) = W @ x; the arguments of legacy_simd.mv_q4_0."""
     n_tok, n_out = y.shape
     RT, TT, SP = tile_shape(tl)
-    KC, BK = tile_chunk(tl)
     nrt = (n_out + RT - 1) // RT
     RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
-    kc = _chunk_groups(isa, KC, SP, TT, n_tok, d.shape[1])
-    if kc > 0:  # blocks of bk tiles, kc groups at a time (_tile_codegen)
-        bk = _chunk_blocks(BK, nrt)
-        nblk = (nrt + bk - 1) // bk
-        keep = np.empty(nblk * bk * RT * TT * (width(isa) // 4), np.float32)
-        for blk in nb.prange(nblk):
-            nbt = min(bk, nrt - blk * bk)
-            _tile_q4_0c(isa, tl, qs, d, xlo, xhi, xd, xo, y, keep, blk * bk * RS0, RS1, RS0, nbt, kc, 0, n_tok,
-                        blk * bk * RT * TT)
-        return
     TB = _token_block(2 * xlo.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)
@@ -629,19 +464,8 @@ def gemm_q8_0(isa, tl, qs, d, xq, xd, xo, y):
     """y (n_tok, n_out) = W @ x; the arguments of legacy_simd.mv_q8_0."""
     n_tok, n_out = y.shape
     RT, TT, SP = tile_shape(tl)
-    KC, BK = tile_chunk(tl)
     nrt = (n_out + RT - 1) // RT
     RS0, RS1 = (1, nrt) if SP else (RT, 1)  # tile rt's rows: rt * RS0 + i * RS1
-    kc = _chunk_groups(isa, KC, SP, TT, n_tok, d.shape[1])
-    if kc > 0:  # as gemm_q4_0's
-        bk = _chunk_blocks(BK, nrt)
-        nblk = (nrt + bk - 1) // bk
-        keep = np.empty(nblk * bk * RT * TT * (width(isa) // 4), np.float32)
-        for blk in nb.prange(nblk):
-            nbt = min(bk, nrt - blk * bk)
-            _tile_q8_0c(isa, tl, qs, d, xq, xd, xo, y, keep, blk * bk * RS0, RS1, RS0, nbt, kc, 0, n_tok,
-                        blk * bk * RT * TT)
-        return
     TB = _token_block(xq.shape[1], TT)
     for tb in range(0, n_tok, TB):
         te = min(n_tok, tb + TB)

@@ -10,16 +10,8 @@ within a group, vector step s holds bytes 4s..4s+3 of each of the n32 blocks sid
 steps (4 for Q4_0's 16 nibble bytes, 8 for Q8_0's 32 bytes) lane k of the int32 sums holds block k's whole
 dot product -- then one int->f32 conversion, one load of the n32 f16 scales (contiguous: vcvtph2ps), one
 multiply by the activation scales and one FMA serve n32 blocks (the per-block scaling would otherwise cost
-as much as the integer work). Each row is padded to a multiple of GROUP_BLOCKS (16) blocks with zero blocks
-(zero scale: they add 0).
-Panels (Q4_0 / Q8_0): rows longer than PANEL_BLOCKS (256 blocks = 8192 weights) are cut into P equal panels of
-PB blocks (a multiple of 16; the padding makes nbp = P * PB, `_nbp`), stored panel-major: panel p of every row,
-in row order, then panel p + 1 (qs element (p, r, k) at (p * n_out + r) * PB * qn + k, d likewise with PB). So
-a kernel can walk one panel of many rows (in address order) before the next panel, with that panel's slice of
-the activations staying in L1 (gemm_simd's chunked tiles; 11008-long rows: 14 KB of activations, evicted by a
-3-row tile's 19 KB of weights when rows are walked whole). Rows of <= 8192 weights are one panel: the layout
-of before, byte for byte. `panel_blocks(nbp)` gives PB back from nbp; the kernels sum a row's groups in the same
-order either way (the panels only move bytes).
+as much as the integer work). Rows are whole and in file order; each row is padded to a multiple of
+GROUP_BLOCKS (16) blocks with zero blocks (zero scale: they add 0).
     Q4_0: qs (n_out, nbp*16) uint8 (nibble bytes: byte j of a block = weight j low, j+16 high), d (n_out, nbp)
     Q8_0: qs (n_out, nbp*32) int8, d (n_out, nbp) uint16 (f16 bits)
     Q4_1: qs as Q4_0, d and m (n_out, nbp) f16 bits
@@ -48,54 +40,32 @@ from .simd import (S8S8_BIAS, WIDTH, dot_s8s8b, dot_u8s8, vadd, vand, vcvt, vfma
 
 GROUP_BLOCKS = 16  # blocks per row are padded to a multiple of this (the widest level's lanes)
 TYPES = (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1)
-LAYOUT_VERSION = 3  # of Q4_0 / Q8_0's layout (3: panels; the other types' layouts are new; their keys name the type)
-PANEL_BLOCKS = 256  # blocks per panel at most (Q4_0 / Q8_0)
+LAYOUT_VERSION = 2  # of Q4_0 / Q8_0's layout (the other types' layouts are new; their cache keys name the type)
 QBYTES = {Q4_0: 16, Q8_0: 32}
 # byte offsets in a block of the quants, the min (f16), the 5th bits (uint32); -1: none. d is at 0 in every type
 FIELDS = {Q4_1: (4, 2, -1), Q5_0: (6, -1, 2), Q5_1: (8, 2, 4)}
 
 
-def _nbp_rows(n_in: int) -> int:
-    """Blocks per padded row, no panels (Q4_1 / Q5_0 / Q5_1)."""
-    return -(-(n_in // 32) // GROUP_BLOCKS) * GROUP_BLOCKS
-
-
 def _nbp(n_in: int) -> int:
-    """Blocks per padded row of Q4_0 / Q8_0: P panels of PB blocks (see the module doc)."""
-    nb_ = n_in // 32
-    p = max(1, -(-nb_ // PANEL_BLOCKS))
-    return p * (-(-nb_ // (p * GROUP_BLOCKS)) * GROUP_BLOCKS)
-
-
-@nb.njit(**JIT)
-def panel_blocks(nbp):
-    """Blocks per panel of a Q4_0 / Q8_0 row of nbp (padded) blocks: nbp / ceil(nbp / PANEL_BLOCKS)."""
-    return nbp // max(1, (nbp + PANEL_BLOCKS - 1) // PANEL_BLOCKS)
+    return -(-(n_in // 32) // GROUP_BLOCKS) * GROUP_BLOCKS
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _interleave_rows(blk, qn, n32, qs, d):
-    """blk (n_out, nb, 2 + qn) raw blocks -> qs (n_out, nbp*qn) in the group layout, d (n_out, nbp) f16 bits,
-    both panel-major (module doc)."""
+    """blk (n_out, nb, 2 + qn) raw blocks -> qs (n_out, nbp*qn) in the group layout, d (n_out, nbp) f16 bits."""
     n_out, nb_, _ = blk.shape
     nbp = d.shape[1]
-    pb = panel_blocks(nbp)
     gb = n32 * qn  # bytes per group
-    qf = qs.reshape(-1)
-    df = d.reshape(-1)
     for r in nb.prange(n_out):
         for b in range(nbp):
-            p = b // pb
-            bi = b - p * pb  # block within the panel
-            g, k = bi // n32, bi % n32
-            dq = (p * n_out + r) * pb
+            g, k = b // n32, b % n32
             if b < nb_:
-                df[dq + bi] = np.uint16(blk[r, b, 0]) | (np.uint16(blk[r, b, 1]) << np.uint16(8))
+                d[r, b] = np.uint16(blk[r, b, 0]) | (np.uint16(blk[r, b, 1]) << np.uint16(8))
             else:
-                df[dq + bi] = 0
+                d[r, b] = 0
             for j in range(qn):
-                o = dq * qn + g * gb + (j // 4) * (4 * n32) + 4 * k + (j % 4)
-                qf[o] = blk[r, b, 2 + j] if b < nb_ else 0
+                o = g * gb + (j // 4) * (4 * n32) + 4 * k + (j % 4)
+                qs[r, o] = blk[r, b, 2 + j] if b < nb_ else 0
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -129,8 +99,8 @@ def _interleave_more(blk, qo, mo, ho, n32, qs, d, m, h):
 def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) -> tuple:
     """Raw block rows (n_out, bytes_per_row) -> the arrays of the module doc, for `level`'s width."""
     blk = np.asarray(raw).reshape(n_out, n_in // 32, BLOCK[typ][1])
+    nbp = _nbp(n_in)
     if typ in FIELDS:
-        nbp = _nbp_rows(n_in)
         qo, mo, ho = FIELDS[typ]
         qs = np.empty((n_out, nbp * 16), np.uint8)
         d = np.empty((n_out, nbp), np.uint16)
@@ -139,7 +109,6 @@ def repack_rows(typ: int, raw: np.ndarray, n_out: int, n_in: int, level: str) ->
         _interleave_more(blk, qo, mo, ho, WIDTH[level] // 4, qs, d, m, h)
         return {Q4_1: (qs, d, m), Q5_0: (qs, h, d), Q5_1: (qs, h, d, m)}[typ]
     qn = QBYTES[typ]
-    nbp = _nbp(n_in)
     qs = np.empty((n_out, nbp * qn), np.uint8)
     d = np.empty((n_out, nbp), np.uint16)
     _interleave_rows(blk, qn, WIDTH[level] // 4, qs, d)
@@ -179,25 +148,6 @@ def _prep(qx, dx, nbp, n32, split, off):
     return xa, xb, xd, xo
 
 
-def _nbp_of(typ: int, n_in: int) -> int:
-    return _nbp_rows(n_in) if typ in FIELDS else _nbp(n_in)
-
-
-def concat_rows(typ: int, packs: list) -> tuple:
-    """The packed arrays of matrices stacked by rows (a FusedLinear's parts, same n_in): np.concatenate for the
-    row-major types and one-panel rows; panel by panel (the panel-major order) for Q4_0 / Q8_0 with panels."""
-    n = len(packs[0])
-    nbp = packs[0][-1].shape[1]
-    if typ in FIELDS or panel_blocks(nbp) == nbp:
-        return tuple(np.concatenate([pk[i] for pk in packs]) for i in range(n))
-    npan = nbp // panel_blocks(nbp)
-    out = []
-    for i in range(n):
-        parts = [pk[i].reshape(npan, pk[i].shape[0], -1) for pk in packs]  # (P, rows, per-panel row)
-        out.append(np.concatenate(parts, axis=1).reshape(-1, packs[0][i].shape[1]))
-    return tuple(out)
-
-
 def _offset(typ: int, level: str) -> int:
     """The integer offset the activation layout folds into the start values (see _OFF)."""
     off = _OFF.get(typ, 0)
@@ -218,7 +168,7 @@ def prep(typ: int, level: str, qx: np.ndarray, dx: np.ndarray, sx: np.ndarray | 
     -> the kernel's activation arrays."""
     if typ in (Q4_1, Q5_1) and sx is None:
         raise ValueError("Q4_1/Q5_1 need Q8_1's block sums sx")
-    xa, xb, xd, xo = _prep(qx, dx, _nbp_of(typ, qx.shape[1]), WIDTH[level] // 4, typ != Q8_0, _offset(typ, level))
+    xa, xb, xd, xo = _prep(qx, dx, _nbp(qx.shape[1]), WIDTH[level] // 4, typ != Q8_0, _offset(typ, level))
     return _for_kernel(typ, xa, xb, xd, xo, sx)
 
 
@@ -233,8 +183,7 @@ def _quant_prep(x, nbp, n32, split, off):
 def activations(typ: int, level: str, x: np.ndarray) -> tuple:
     """prep(typ, level, *q8.quantize_q8_0(x)) -- the same arrays bit for bit -- in one compiled call (the decode
     path's: one dispatch and no intermediate arrays handed through Python). x: (n, n_in) f32 C-contiguous."""
-    return _for_kernel(typ, *_quant_prep(x, _nbp_of(typ, x.shape[1]), WIDTH[level] // 4, typ != Q8_0,
-                                         _offset(typ, level)))
+    return _for_kernel(typ, *_quant_prep(x, _nbp(x.shape[1]), WIDTH[level] // 4, typ != Q8_0, _offset(typ, level)))
 
 
 _OFF = {Q4_0: 8, Q5_0: 16, Q8_0: None}  # the integer offset prep folds into the start values (None: the level's)
@@ -243,9 +192,8 @@ _OFF = {Q4_0: 8, Q5_0: 16, Q8_0: None}  # the integer offset prep folds into the
 @nb.njit(**PJIT)
 def mv_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
     """y (n_tok, n_out) = W @ x; arrays as repack_rows / prep make them."""
-    H = qs.shape[1]  # quant bytes per row (= the activations' per token)
+    H = qs.shape[1]  # quant bytes per row
     nbp = d.shape[1]
-    pb = panel_blocks(nbp)
     n_tok, n_out = y.shape
     for r in nb.prange(n_out):
         W = width(isa)  # inside the parallel body: a constant there (see below)
@@ -254,9 +202,7 @@ def mv_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
             acc = vzero_f32(isa)
             for g in range(nbp // n32):
                 b0 = g * n32
-                p = b0 // pb
-                dq = (p * n_out + r) * pb + b0 - p * pb  # the group's first block in the panel-major layout
-                q0 = dq * 16
+                q0 = r * H + g * 4 * W
                 x0 = t * H + g * 4 * W
                 w = vload_i8(isa, qs, q0)
                 lo = dot_u8s8(isa, vload_i32(isa, xo, t * nbp + b0), vand(w, 15), vload_i8(isa, xlo, x0))
@@ -265,7 +211,7 @@ def mv_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
                     w = vload_i8(isa, qs, q0 + s * W)
                     lo = dot_u8s8(isa, lo, vand(w, 15), vload_i8(isa, xlo, x0 + s * W))
                     hi = dot_u8s8(isa, hi, vshr4(w), vload_i8(isa, xhi, x0 + s * W))
-                sc = vmul(vload_f16(isa, d, dq), vload_f32(isa, xd, t * nbp + b0))
+                sc = vmul(vload_f16(isa, d, r * nbp + b0), vload_f32(isa, xd, t * nbp + b0))
                 acc = vfma(vcvt(vadd(lo, hi)), sc, acc)
             y[t, r] = vhsum(acc)
 
@@ -274,7 +220,6 @@ def mv_q4_0(isa, qs, d, xlo, xhi, xd, xo, y):
 def mv_q8_0(isa, qs, d, xq, xd, xo, y):
     H = qs.shape[1]
     nbp = d.shape[1]
-    pb = panel_blocks(nbp)
     n_tok, n_out = y.shape
     for r in nb.prange(n_out):
         W = width(isa)  # inside the parallel body: a constant there (see below)
@@ -283,9 +228,7 @@ def mv_q8_0(isa, qs, d, xq, xd, xo, y):
             acc = vzero_f32(isa)
             for g in range(nbp // n32):
                 b0 = g * n32
-                p = b0 // pb
-                dq = (p * n_out + r) * pb + b0 - p * pb  # as mv_q4_0's
-                q0 = dq * 32
+                q0 = r * H + g * 8 * W
                 x0 = t * H + g * 8 * W
                 a = dot_s8s8b(isa, vload_i32(isa, xo, t * nbp + b0), vload_i8(isa, qs, q0), vload_i8(isa, xq, x0))
                 c = dot_s8s8b(isa, vzero_i32(isa), vload_i8(isa, qs, q0 + W), vload_i8(isa, xq, x0 + W))
@@ -293,7 +236,7 @@ def mv_q8_0(isa, qs, d, xq, xd, xo, y):
                     a = dot_s8s8b(isa, a, vload_i8(isa, qs, q0 + 2 * s * W), vload_i8(isa, xq, x0 + 2 * s * W))
                     c = dot_s8s8b(isa, c, vload_i8(isa, qs, q0 + (2 * s + 1) * W),
                                   vload_i8(isa, xq, x0 + (2 * s + 1) * W))
-                sc = vmul(vload_f16(isa, d, dq), vload_f32(isa, xd, t * nbp + b0))
+                sc = vmul(vload_f16(isa, d, r * nbp + b0), vload_f32(isa, xd, t * nbp + b0))
                 acc = vfma(vcvt(vadd(a, c)), sc, acc)
             y[t, r] = vhsum(acc)
 

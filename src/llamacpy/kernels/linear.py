@@ -632,9 +632,6 @@ class FusedLinear:
         def build():
             packs = [p.packed if p.packed is not None and (uses_simd(t) or p.packed[0].shape[-1] == R)
                      else build_packed(t, p.raw, p.n_out, p.n_in, R) for p in parts]
-            cat = getattr(_SIMD.get(t), "concat_rows", None) if uses_simd(t) else None  # legacy_simd's panels
-            if cat is not None:
-                return cat(t, packs)
             return tuple(np.concatenate([pk[i] for pk in packs]) for i in range(len(packs[0])))
 
         self._packed = repack_cache.load_or_build([p.raw for p in parts], layout_name(t, R), build)
