@@ -214,3 +214,37 @@ def _linear_big(p):
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(mm, np.uint8, offset=4096, count=2048 * 2048 // 32 * 18).reshape(2048, -1)
     return make_linear(int(T.Q4_0), view, (2048, 2048), "w")
+
+
+def test_entry_written_in_aligned_pieces(tmp_path, monkeypatch):
+    """A new entry goes to disk in WRITE_PIECE (2 MiB) writes at multiples of WRITE_PIECE (one write per aligned
+    range: the page cache can take each as one 2 MiB folio), and reads back as the arrays given."""
+    writes = []
+    real_open = open
+
+    class Rec:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            writes.append((self.f.tell(), len(b)))
+            return self.f.write(b)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(RC, "open", lambda p, mode="r", **k: Rec(real_open(p, mode, **k)) if "w" in mode
+                        else real_open(p, mode, **k), raising=False)
+    rng = np.random.default_rng(5)
+    arrays = (rng.integers(0, 255, (700, 7000), dtype=np.uint8), rng.standard_normal((700, 33)).astype(np.float32))
+    p = tmp_path / "e.rpk"
+    RC._write(p, {"k": 1}, {"s": 1}, arrays)
+    size = p.stat().st_size
+    assert size > 2 * RC.WRITE_PIECE and sum(n for _, n in writes) == size
+    assert all(o % RC.WRITE_PIECE == 0 for o, _ in writes)
+    assert all(n == RC.WRITE_PIECE for _, n in writes[:-1])
+    got = RC._read(p, {"k": 1}, {"s": 1})
+    assert got and all(np.array_equal(a, b) for a, b in zip(got, arrays))

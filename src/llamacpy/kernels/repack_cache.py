@@ -41,6 +41,7 @@ from ..mmap_advice import advise_hugepages
 MAGIC = b"LCPYRPK1"
 FORMAT = 1
 ALIGN = 64
+WRITE_PIECE = 2 << 20  # bytes per write() of a new entry, at offsets that are multiples of it (huge folios)
 _SAMPLE, _STRIDE = 4096, 4 << 20
 ENV_DIR, ENV_OFF = "LLAMACPY_REPACK_CACHE", "LLAMACPY_NO_REPACK_CACHE"
 
@@ -230,14 +231,24 @@ def _write(p: Path, key: dict, ident: dict, arrays: tuple) -> None:
     head = json.dumps({"format": FORMAT, "key": key, "source": ident, "size": total, "arrays": metas}).encode()
     head = head.ljust(hlen)
     assert len(head) == hlen
+    # the whole entry assembled, then written in 2 MiB pieces at 2 MiB-aligned offsets: each piece is one write()
+    # of a whole aligned range, so the page cache takes it as one 2 MiB folio (PMD-mappable: see advise_hugepages)
+    # -- writing the header and each array apart left the ranges they share in small folios (7B Q4_0 entries just
+    # written: 3.06 of 3.68 GB PMD-mapped, 3.47 of 3.58 once re-read after an eviction)
+    body = np.zeros(total, np.uint8)
+    hb = MAGIC + hlen.to_bytes(8, "little") + head
+    body[:len(hb)] = np.frombuffer(hb, np.uint8)
+    for m, a in zip(metas, arrays):
+        body[m["offset"]:m["offset"] + m["nbytes"]] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + hlen.to_bytes(8, "little") + head)
-            for m, a in zip(metas, arrays):
-                f.seek(m["offset"])
-                f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
-            f.truncate(total)
+        with open(tmp, "wb", buffering=0) as f:
+            mv = memoryview(body)
+            for o in range(0, total, WRITE_PIECE):
+                piece = mv[o:o + WRITE_PIECE]
+                while len(piece):
+                    piece = piece[f.write(piece):]
+        del mv
         os.replace(tmp, p)
     except BaseException:
         try:
