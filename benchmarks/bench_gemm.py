@@ -1,7 +1,7 @@
 """Prompt GEMMs (kernels/gemm_simd.py) vs the decode kernels 8 tokens a call, per SIMD level, in one run.
 
 Usage: python benchmarks/bench_gemm.py [--types Q4_0,Q8_0,Q4_K,Q6_K] [--shape 5632x2048] [--tokens 16,64,512]
-       [--levels avx512vnni,avxvnni,avx2] [--threads 1] [--reps 3]
+       [--levels avx512vnni,avxvnni,avx2] [--threads 1] [--reps 3] [--prompt-tiles 4x4,3x4]
 GOP/s = 2 * n_out * n_in * tokens / best time of one call (activations already quantized and prepared, as the
 model shares them between q/k/v and gate/up). "decode8" is what prompts took before the GEMMs
 (Linear.prompt_by_decode: the decode kernel on 8-token slices). On one thread the times are process CPU time
@@ -30,7 +30,7 @@ from bench_kernels import NAMES, random_weights  # noqa: E402
 from llamacpy.kernels import gemm_simd, isa, kquants_simd, legacy_simd, q8, simd  # noqa: E402
 
 
-def run(typ, n_out, n_in, n, lv, reps, clock, rng):
+def run(typ, n_out, n_in, n, lv, reps, clock, rng, tile=None):
     kq = typ >= 10
     mod = kquants_simd if kq else legacy_simd
     packed = mod.repack_rows(typ, random_weights(typ, n_out, n_in, rng), n_out, n_in, lv)
@@ -43,8 +43,10 @@ def run(typ, n_out, n_in, n, lv, reps, clock, rng):
         for a in range(0, n, 8):
             mod.MV[typ](tok, *packed, *[v[a:a + 8] for v in act], y[a:a + 8])
 
+    tl = gemm_simd.prompt_tile(typ, lv) if tile is None else gemm_simd.tile(*(int(v) for v in tile.split("x")))
+
     def gemm():
-        gemm_simd.GEMM[typ](tok, gemm_simd.prompt_tile(typ, lv), *packed, *act, y)
+        gemm_simd.GEMM[typ](tok, tl, *packed, *act, y)
 
     res = {}
     for name, fn in (("decode8", decode8), ("gemm", gemm)):
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="decode batches: mv vs GEMM tiles, ms per call")
     ap.add_argument("--tiles", default="4x2,2x4,4x3", help="--small: GEMM tiles RTxTT[s] to time (s: rows spread)")
     ap.add_argument("--mats", type=int, default=0, help="--small: matrices cycled (0: enough for 96 MiB)")
+    ap.add_argument("--prompt-tiles", default="", help="prompt GEMMs: RTxTT tiles to time instead of the table's")
     a = ap.parse_args(argv)
     nb.set_num_threads(a.threads)
     if a.small:
@@ -139,9 +142,10 @@ def main(argv=None) -> int:
     for name in a.types.split(","):
         for lv in levels:
             for n in (int(v) for v in a.tokens.split(",")):
-                r = run(NAMES[name], n_out, n_in, n, lv, a.reps, clock, rng)
-                print(f"| {name} | {lv} | {n} | {r['decode8']:.0f} | {r['gemm']:.0f} | "
-                      f"{r['gemm'] / r['decode8']:.2f} |", flush=True)
+                for t in a.prompt_tiles.split(",") if a.prompt_tiles else [None]:
+                    r = run(NAMES[name], n_out, n_in, n, lv, a.reps, clock, rng, t)
+                    print(f"| {name}{'' if t is None else ' ' + t} | {lv} | {n} | {r['decode8']:.0f} | "
+                          f"{r['gemm']:.0f} | {r['gemm'] / r['decode8']:.2f} |", flush=True)
     return 0
 
 

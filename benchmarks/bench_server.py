@@ -3,12 +3,16 @@ of a short request while a long prompt is processed on another slot -- for `llam
 llama.cpp's `llama-server` on the same file, in the same run.
 
     python benchmarks/bench_server.py -m MODEL.gguf [-np 8] [-c 8192] [-t 2] [--clients 1,2,4,8] [-n 64]
-        [--llama-server PATH/llama-server] [--json out.json] [--stream]
+        [--llama-server PATH/llama-server] [--json out.json] [--stream] [--rounds K]
 
 Each client sends `--requests` /completion requests one after another (distinct prompts, temperature 0,
 ignore_eos, n_predict -n); aggregate tokens/s = all generated tokens / wall time of the whole round. TTFT: a
 short streamed request is sent 50 ms after a ~1,000-token prompt starts on another slot; reported next to the
-same short request's TTFT on an idle server. Both servers get the same flags (-np, -c, -t). With --stream the
+same short request's TTFT on an idle server. Both servers get the same flags (-np, -c, -t). With --rounds K (> 1)
+and --llama-server, both servers are up at once (each idle while the other is measured) and every client count
+is measured K times on each, in turn (the order alternating), the best round counting for each: on a host whose
+memory speed moves minute to minute, one server's whole run can otherwise land in a slow minute and the other's
+in a fast one (measured: our 1-client figure 31-43 t/s between two runs 15 minutes apart). With --stream the
 throughput rounds stream their tokens (SSE, `stream: true`, as chat clients do; tokens counted from the final
 event's tokens_predicted) -- the per-token HTTP work then runs beside the engine thread.
 """
@@ -154,6 +158,62 @@ def run_server(srv: Server, args) -> dict:
     return res
 
 
+def print_table(results: list, args) -> None:
+    print(f"| server | {' | '.join(f'{k} client(s) t/s' for k in args.clients)} | {max(args.clients)}/1 | "
+          f"TTFT alone ms | TTFT beside {args.long_prompt}-token prompt ms | load before/after |")
+    print("|---" * (len(args.clients) + 5) + "|")
+    for r in results:
+        tps = r["tokens_per_s"]
+        print(f"| {r['server']} | {' | '.join(f'{tps[k]:.1f}' for k in args.clients)} | "
+              f"{tps[max(args.clients)] / tps[min(args.clients)]:.2f}x | {r['ttft_alone_ms']:.0f} | "
+              f"{r['ttft_busy_ms']:.0f} | {r['load_before']:.1f} / {r['load_after']:.1f} |")
+
+
+def write_json(results: list, args) -> None:
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"model": args.model, "args": vars(args), "results": results}, f, indent=1)
+        os.replace(tmp, args.json)
+
+
+def _ours(common: list) -> "Server":
+    return Server("llamacpy", [sys.executable, "-m", "llamacpy", "serve", *common, "--no-webui"],
+                  env={"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+
+def run_interleaved(args, common: list) -> list:
+    """Both servers up at once; each client count measured args.rounds times on each, in turn (the order
+    alternating round by round); the best round per server and client count counts."""
+    srvs = [_ours(common), Server("llama-server", [args.llama_server, *common, "--no-webui"])]
+    try:
+        res = []
+        for srv in srvs:
+            srv.wait_ready()
+            asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))  # untimed warm-up
+            res.append({"server": srv.name, "tokens_per_s": {}, "rounds": {}, "load_before": os.getloadavg()[0]})
+        for k in args.clients:
+            for r in range(args.rounds):
+                for i in (0, 1) if r % 2 == 0 else (1, 0):
+                    tps = asyncio.run(throughput(srvs[i].url, k, args.requests, args.n_predict, args.stream))
+                    res[i]["rounds"].setdefault(k, []).append(tps)
+                    print(f"  {srvs[i].name}: {k} client(s), round {r + 1}: {tps:.1f} t/s", file=sys.stderr,
+                          flush=True)
+            for i in (0, 1):
+                res[i]["tokens_per_s"][k] = max(res[i]["rounds"][k])
+        for i, srv in enumerate(srvs):
+            alone, busy = asyncio.run(ttft_under_long_prompt(srv.url, args.long_prompt))
+            res[i]["ttft_alone_ms"], res[i]["ttft_busy_ms"] = 1e3 * alone, 1e3 * busy
+            res[i]["load_after"] = os.getloadavg()[0]
+        ours, ref = res[0]["tokens_per_s"], res[1]["tokens_per_s"]
+        print("best of %d rounds; ours / llama-server: %s" % (args.rounds, ", ".join(
+            f"{k} client(s) {ours[k] / ref[k]:.2f}x" for k in args.clients)))
+        return res
+    finally:
+        for srv in srvs:
+            srv.stop()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-m", "--model", required=True)
@@ -167,14 +227,21 @@ def main(argv=None) -> int:
     p.add_argument("--llama-server", default=None, help="path of llama.cpp's llama-server to compare with")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--stream", action="store_true", help="throughput rounds stream their tokens (SSE)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --llama-server: both servers up at once, each client count measured this many "
+                        "times on each in turn, the best counting")
     args = p.parse_args(argv)
     args.clients = [int(x) for x in args.clients.split(",")]
     common = ["-m", args.model, "-np", str(args.parallel), "-c", str(args.ctx_size)]
     if args.threads:
         common += ["-t", str(args.threads)]
     results = []
-    ours = Server("llamacpy", [sys.executable, "-m", "llamacpy", "serve", *common, "--no-webui"],
-                  env={"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    if args.rounds > 1 and args.llama_server:
+        results = run_interleaved(args, common)
+        print_table(results, args)
+        write_json(results, args)
+        return 0
+    ours = _ours(common)
     try:
         results.append(run_server(ours, args))
     finally:
@@ -185,19 +252,8 @@ def main(argv=None) -> int:
             results.append(run_server(ref, args))
         finally:
             ref.stop()
-    print(f"| server | {' | '.join(f'{k} client(s) t/s' for k in args.clients)} | {max(args.clients)}/1 | "
-          f"TTFT alone ms | TTFT beside {args.long_prompt}-token prompt ms | load before/after |")
-    print("|---" * (len(args.clients) + 5) + "|")
-    for r in results:
-        tps = r["tokens_per_s"]
-        print(f"| {r['server']} | {' | '.join(f'{tps[k]:.1f}' for k in args.clients)} | "
-              f"{tps[max(args.clients)] / tps[min(args.clients)]:.2f}x | {r['ttft_alone_ms']:.0f} | "
-              f"{r['ttft_busy_ms']:.0f} | {r['load_before']:.1f} / {r['load_after']:.1f} |")
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"model": args.model, "args": vars(args), "results": results}, f, indent=1)
-        os.replace(tmp, args.json)
+    print_table(results, args)
+    write_json(results, args)
     return 0
 
 
