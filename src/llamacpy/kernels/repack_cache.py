@@ -76,16 +76,23 @@ def describe() -> str:
 
 
 # -- where a raw array lives -----------------------------------------------------------------------------------
+def _buffer_root(a: np.ndarray):
+    """The object at the bottom of `a`'s buffer chain, through numpy bases and memoryview slices: an mmap.mmap,
+    a bytes object, or the array that owns its memory."""
+    b = a
+    while True:
+        if isinstance(b, memoryview):
+            b = b.obj
+        elif isinstance(b, np.ndarray) and b.base is not None:
+            b = b.base
+        else:
+            return b
+
+
 def _mmap_of(a: np.ndarray):
     """The mmap.mmap object `a` views (through numpy bases / memoryviews), or None."""
-    b = a
-    while b is not None:
-        if isinstance(b, mmap.mmap):
-            return b
-        if isinstance(b, memoryview):
-            return b.obj if isinstance(b.obj, mmap.mmap) else None
-        b = getattr(b, "base", None)
-    return None
+    b = _buffer_root(a)
+    return b if isinstance(b, mmap.mmap) else None
 
 
 def _maps_entry(addr: int):
@@ -231,24 +238,27 @@ def _write(p: Path, key: dict, ident: dict, arrays: tuple) -> None:
     head = json.dumps({"format": FORMAT, "key": key, "source": ident, "size": total, "arrays": metas}).encode()
     head = head.ljust(hlen)
     assert len(head) == hlen
-    # the whole entry assembled, then written in 2 MiB pieces at 2 MiB-aligned offsets: each piece is one write()
-    # of a whole aligned range, so the page cache takes it as one 2 MiB folio (PMD-mappable: see advise_hugepages)
-    # -- writing the header and each array apart left the ranges they share in small folios (7B Q4_0 entries just
-    # written: 3.06 of 3.68 GB PMD-mapped, 3.47 of 3.58 once re-read after an eviction)
-    body = np.zeros(total, np.uint8)
-    hb = MAGIC + hlen.to_bytes(8, "little") + head
-    body[:len(hb)] = np.frombuffer(hb, np.uint8)
-    for m, a in zip(metas, arrays):
-        body[m["offset"]:m["offset"] + m["nbytes"]] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    # written in 2 MiB pieces at 2 MiB-aligned offsets, each assembled from the header and the arrays it overlaps:
+    # each piece is one write() of a whole aligned range, so the page cache takes it as one 2 MiB folio
+    # (PMD-mappable: see advise_hugepages) -- writing the header and each array apart left the ranges they share in
+    # small folios (7B Q4_0 entries just written: 3.06 of 3.68 GB PMD-mapped, 3.47 of 3.58 once re-read after an
+    # eviction)
+    segs = [(0, np.frombuffer(MAGIC + hlen.to_bytes(8, "little") + head, np.uint8))]
+    segs += [(m["offset"], np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for m, a in zip(metas, arrays)]
+    buf = np.empty(min(WRITE_PIECE, total), np.uint8)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "wb", buffering=0) as f:
-            mv = memoryview(body)
             for o in range(0, total, WRITE_PIECE):
-                piece = mv[o:o + WRITE_PIECE]
-                while len(piece):
-                    piece = piece[f.write(piece):]
-        del mv
+                piece = buf[:min(WRITE_PIECE, total - o)]
+                piece[:] = 0  # alignment gaps
+                for s0, data in segs:
+                    lo, hi = max(o, s0), min(o + len(piece), s0 + len(data))
+                    if lo < hi:
+                        piece[lo - o:hi - o] = data[lo - s0:hi - s0]
+                mv = memoryview(piece)
+                while len(mv):
+                    mv = mv[f.write(mv):]
         os.replace(tmp, p)
     except BaseException:
         try:
