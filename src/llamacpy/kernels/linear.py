@@ -250,16 +250,21 @@ class _Shared(threading.local):
 _shared = _Shared()
 
 
+def _per_input(x: np.ndarray, key, fn, *args):
+    """fn(*args), computed once per key while x is the input a FusedLinear's parts share (else every call)."""
+    sh = _shared
+    if x is not sh.x:
+        return fn(*args)
+    v = sh.act.get(key)
+    if v is None:
+        v = sh.act[key] = fn(*args)
+    return v
+
+
 def _simd_activations(x: np.ndarray, ggml_type: int):
     """The SIMD kernel's activation arrays for x: quantized and laid out in one compiled call
     (legacy_simd / kquants_simd `activations`, the same bits as prep(quantize(x)))."""
-    sh = _shared
-    if x is sh.x:
-        act = sh.act.get(ggml_type)
-        if act is None:
-            act = sh.act[ggml_type] = _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
-        return act
-    return _SIMD[ggml_type].activations(ggml_type, isa.level(), x)
+    return _per_input(x, ggml_type, _SIMD[ggml_type].activations, ggml_type, isa.level(), x)
 
 
 # The compiled entry point of a decode kernel for one matrix, kept on the matrix's object: numba's dispatcher
@@ -484,14 +489,7 @@ class LinearHalf(Linear):
 
     def _rounded(self, x):
         """x rounded to the weight type; once per weight kind for the parts of a FusedLinear sharing x."""
-        sh = _shared
-        if x is sh.x:
-            key = ("round", self.kind)
-            xr = sh.act.get(key)
-            if xr is None:
-                xr = sh.act[key] = self._round_activations(x)
-            return xr
-        return self._round_activations(x)
+        return _per_input(x, ("round", self.kind), self._round_activations, x)
 
     def _decode(self, x, out):
         if uses_simd(self.ggml_type) and self.w16.flags.c_contiguous:
@@ -617,17 +615,6 @@ def make_linear(ggml_type: int, raw: np.ndarray, shape: tuple[int, int], name: s
     return LinearQuant(ggml_type, raw, shape, name, repack=repack)
 
 
-def _root(a: np.ndarray):
-    """The object at the bottom of a numpy view chain (an mmap, a bytes buffer, or the owning array), through
-    memoryview slices."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    b = a if a.base is None else a.base
-    while isinstance(b, memoryview):  # a GGUF tensor: a memoryview slice of the file's mmap
-        b = b.obj
-    return b
-
-
 def _adjacent_half(parts) -> np.ndarray | None:
     """For F16/BF16 parts of one kind whose words lie back to back in one buffer (a GGUF's tensors in file
     order, e.g. ffn_gate then ffn_up), the (sum n_out, n_in) view over all of them; else None. No copy: the
@@ -638,7 +625,7 @@ def _adjacent_half(parts) -> np.ndarray | None:
     p0 = parts[0]
     ws = [p.w16 for p in parts]
     if (len({p.kind for p in parts}) != 1 or not all(w.flags.c_contiguous for w in ws)
-            or len({id(_root(w)) for w in ws}) != 1):
+            or len({id(repack_cache._buffer_root(w)) for w in ws}) != 1):
         return None
     for a, b in zip(ws[:-1], ws[1:]):
         if b.ctypes.data != a.ctypes.data + a.nbytes:
