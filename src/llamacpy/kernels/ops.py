@@ -356,6 +356,18 @@ def attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out):
     _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks)
 
 
+@nb.njit(inline="always", **_JIT)
+def _cell_rows(pool, table, s_id, kvh, j, m, rows):
+    """rows[u, :d] = cell j + u (u < m) of sequence s_id, KV head kvh, as f32 (pool: (n_blocks, n_head_kv, B, d))."""
+    d = pool.shape[3]
+    for u in range(m):
+        c = j + u
+        blk = table[s_id, c >> KV_BLOCK_SHIFT]
+        off = c & (KV_BLOCK - 1)
+        for i in range(d):
+            rows[u, i] = f16_bits_to_f32(pool[blk, kvh, off, i])
+
+
 @nb.njit(parallel=True, **_JIT)
 def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, n_chunks):
     # Cells go in groups of 4 from cell 0 (the last n_kv % 4 one at a time): a group's K / V rows are converted
@@ -385,12 +397,7 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
         j = 0
         while j < n_kv:
             m = 4 if j + 4 <= n_kv else 1
-            for u in range(m):
-                c = j + u
-                blk = table[s_id, c >> KV_BLOCK_SHIFT]
-                off = c & (KV_BLOCK - 1)
-                for i in range(dk):
-                    rows[u, i] = f16_bits_to_f32(k_pool[blk, kvh, off, i])
+            _cell_rows(k_pool, table, s_id, kvh, j, m, rows)
             for a in range(hc):
                 if m == 4:
                     s0 = np.float32(0.0)
@@ -436,12 +443,7 @@ def _attention_paged(q, k_pool, v_pool, table, seqs, cells, n_head, scale, out, 
         j = 0
         while j < n_kv:
             m = 4 if j + 4 <= n_kv else 1
-            for u in range(m):
-                c = j + u
-                blk = table[s_id, c >> KV_BLOCK_SHIFT]
-                off = c & (KV_BLOCK - 1)
-                for i in range(dv):
-                    rows[u, i] = f16_bits_to_f32(v_pool[blk, kvh, off, i])
+            _cell_rows(v_pool, table, s_id, kvh, j, m, rows)
             for a in range(hc):
                 if m == 4:
                     p0 = scores[a, j]
