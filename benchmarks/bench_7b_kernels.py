@@ -26,18 +26,10 @@ import numba as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import random_weights  # noqa: E402
+from bench_kernels import random_weights, read_sum  # noqa: E402
 
 from llamacpy.kernels import gemm_simd, isa, legacy_simd, simd  # noqa: E402
 from llamacpy.kernels.common import Q4_0, Q8_0  # noqa: E402
-
-
-@nb.njit(fastmath=True, parallel=True, cache=True)
-def _sum(a):
-    t = 0
-    for i in nb.prange(a.shape[0]):
-        t += a[i]
-    return t
 
 
 class _Arena:
@@ -120,7 +112,7 @@ def main(argv=None) -> int:
             gem(tok, tl, *copies[0], *act, y2)
             assert np.array_equal(y2, ref), (shp, rt)  # bit for bit the decode kernel's
         cases.append((f"{n_out}x{n_in} ({nbytes / 1e6:.1f} MB, {ncopy} copies)", nbytes, ncopy, calls, flat, arena))
-    _sum(cases[0][4][:1024])
+    read_sum(cases[0][4][:1024])
     for th in (int(v) for v in a.threads.split(",")):
         nb.set_num_threads(th)
         clock = time.process_time if (a.cpu and th == 1) else time.perf_counter
@@ -134,7 +126,7 @@ def main(argv=None) -> int:
                         fn()
                         bst[k] = min(bst[k], clock() - t0)
                 t0 = clock()
-                _sum(flat)
+                read_sum(flat)
                 bst["read"] = min(bst["read"], (clock() - t0) / ncopy)
         for (name, nbytes, *_), bst in zip(cases, best):
             cells = "  ".join(f"{k} {bst[k] * 1e3:.3f} ms {nbytes / bst[k] / 1e9:.1f} GB/s" for k in bst)

@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+import numba as nb
 import numpy as np
 
 from llamacpy.kernels import make_linear, set_num_threads
@@ -21,6 +22,16 @@ from llamacpy.gguf_file import GGML_TYPES
 NAMES = {v[0]: k for k, v in GGML_TYPES.items()}
 SCALE_OFFSETS = {2: [0], 3: [0, 2], 6: [0], 7: [0, 2], 8: [0], 10: [80, 82], 11: [108], 12: [0, 2], 13: [0, 2],
                  14: [208]}
+
+
+
+@nb.njit(fastmath=True, parallel=True, cache=True)
+def read_sum(a):
+    """A parallel sum over a 1-d array: the rate of a plain read of its bytes (the DRAM ceiling of a kernel)."""
+    t = 0
+    for i in nb.prange(a.shape[0]):
+        t += a[i]
+    return t
 
 
 def random_weights(typ: int, n_out: int, n_in: int, rng) -> np.ndarray:

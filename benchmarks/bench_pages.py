@@ -29,13 +29,8 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-
-@nb.njit(fastmath=True, parallel=True, cache=True)
-def _sum(a):
-    t = 0
-    for i in nb.prange(a.shape[0]):
-        t += a[i]
-    return t
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import read_sum  # noqa: E402
 
 
 @nb.njit(parallel=True, cache=True)
@@ -78,12 +73,12 @@ def smaps_kb(field: str) -> int:
 def timed(arrs, nbytes, threads, passes=3):
     nb.set_num_threads(threads)
     for a in arrs[:1]:
-        _sum(a[:1024])
+        read_sum(a[:1024])
     best = 1e9
     for _ in range(passes):
         t0 = time.perf_counter()
         for a in arrs:
-            _sum(a)
+            read_sum(a)
         best = min(best, time.perf_counter() - t0)
     return nbytes / best / 1e9
 
@@ -123,7 +118,7 @@ def main(argv=None) -> int:
             arrs, maps, total = file_arrays(Path(a.dir).expanduser(), int(a.gb * 1e9), kind == "filehuge")
             if kind.startswith("file"):
                 for x in arrs:
-                    _sum(x)  # read in (disk -> page cache)
+                    read_sum(x)  # read in (disk -> page cache)
                 del x
                 print(f"{kind}: FilePmdMapped {smaps_kb('FilePmdMapped') / 1e6:.2f} GB of {total / 1e9:.2f} GB")
             keep = None

@@ -141,20 +141,29 @@ async def ttft_under_long_prompt(url: str, n_long: int) -> tuple[float, float]:
         return alone, busy
 
 
-def run_server(srv: Server, args) -> dict:
-    srv.wait_ready()
-    res = {"server": srv.name, "tokens_per_s": {}, "load_before": os.getloadavg()[0]}
-    # untimed warm-up at the largest client count: first-use kernel compiles and weight repacks are start-up
-    # costs (measured by benchmarks/cold_start.py), not serving speed
+def warm_up(srv: Server, args) -> None:
+    """An untimed round at the largest client count: first-use kernel compiles and weight repacks are start-up
+    costs (measured by benchmarks/cold_start.py), not serving speed."""
     asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))
-    for k in args.clients:
-        res["tokens_per_s"][k] = asyncio.run(throughput(srv.url, k, args.requests, args.n_predict, args.stream))
-        print(f"  {srv.name}: {k} client(s): {res['tokens_per_s'][k]:.1f} t/s", file=sys.stderr, flush=True)
+
+
+def measure_ttft(srv: Server, args, res: dict) -> None:
+    """res gets the TTFT of a short request alone and beside a long prompt, and the load after."""
     alone, busy = asyncio.run(ttft_under_long_prompt(srv.url, args.long_prompt))
     res["ttft_alone_ms"], res["ttft_busy_ms"] = 1e3 * alone, 1e3 * busy
     res["load_after"] = os.getloadavg()[0]  # 1-minute load average: a shared machine's other jobs show here
     print(f"  {srv.name}: TTFT alone {1e3 * alone:.0f} ms, beside a {args.long_prompt}-token prompt "
           f"{1e3 * busy:.0f} ms", file=sys.stderr, flush=True)
+
+
+def run_server(srv: Server, args) -> dict:
+    srv.wait_ready()
+    res = {"server": srv.name, "tokens_per_s": {}, "load_before": os.getloadavg()[0]}
+    warm_up(srv, args)
+    for k in args.clients:
+        res["tokens_per_s"][k] = asyncio.run(throughput(srv.url, k, args.requests, args.n_predict, args.stream))
+        print(f"  {srv.name}: {k} client(s): {res['tokens_per_s'][k]:.1f} t/s", file=sys.stderr, flush=True)
+    measure_ttft(srv, args, res)
     return res
 
 
@@ -190,7 +199,7 @@ def run_interleaved(args, common: list) -> list:
         res = []
         for srv in srvs:
             srv.wait_ready()
-            asyncio.run(throughput(srv.url, max(args.clients), 1, min(args.n_predict, 8)))  # untimed warm-up
+            warm_up(srv, args)
             res.append({"server": srv.name, "tokens_per_s": {}, "rounds": {}, "load_before": os.getloadavg()[0]})
         for k in args.clients:
             for r in range(args.rounds):
@@ -202,9 +211,7 @@ def run_interleaved(args, common: list) -> list:
             for i in (0, 1):
                 res[i]["tokens_per_s"][k] = max(res[i]["rounds"][k])
         for i, srv in enumerate(srvs):
-            alone, busy = asyncio.run(ttft_under_long_prompt(srv.url, args.long_prompt))
-            res[i]["ttft_alone_ms"], res[i]["ttft_busy_ms"] = 1e3 * alone, 1e3 * busy
-            res[i]["load_after"] = os.getloadavg()[0]
+            measure_ttft(srv, args, res[i])
         ours, ref = res[0]["tokens_per_s"], res[1]["tokens_per_s"]
         print("best of %d rounds; ours / llama-server: %s" % (args.rounds, ", ".join(
             f"{k} client(s) {ours[k] / ref[k]:.2f}x" for k in args.clients)))

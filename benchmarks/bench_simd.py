@@ -23,19 +23,11 @@ import numba as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import NAMES, random_weights  # noqa: E402
+from bench_kernels import NAMES, random_weights, read_sum  # noqa: E402
 
 from llamacpy.kernels import dense, dense_simd, isa, kquants, kquants_simd, legacy, legacy_simd, q8, simd  # noqa: E402
 from llamacpy.kernels.common import bf16_round, f16_round  # noqa: E402
 from llamacpy.kernels import linear as L  # noqa: E402
-
-
-@nb.njit(fastmath=True, parallel=True, cache=True)
-def _sum(a):
-    t = 0
-    for i in nb.prange(a.shape[0]):
-        t += a[i]
-    return t
 
 
 def _timed(calls, reps, rounds, clock):
@@ -60,7 +52,7 @@ def run_half(typ, n_out, n_in, levels, reps, rounds, clock, rng):
     flat = [r.reshape(-1).view(np.uint64) for r in raws]
     y = np.empty((1, n_out), np.float32)
     kind = dense.KIND_BF16 if bf else dense.KIND_F16
-    calls = {"generic": lambda: [dense.mv_half(r, kind, x, y) for r in raws], "read": lambda: [_sum(f) for f in flat]}
+    calls = {"generic": lambda: [dense.mv_half(r, kind, x, y) for r in raws], "read": lambda: [read_sum(f) for f in flat]}
     for lv in levels:
         ws, tok = [dense_simd.weights(r, bf) for r in raws], simd.token(lv)
         calls[lv] = (lambda ws=ws, tok=tok: [dense_simd.mv_half(tok, r, x, y) for r in ws])
@@ -83,7 +75,7 @@ def run(typ, n_out, n_in, levels, reps, rounds, clock, rng):
     packs = {lv: [mod.repack_rows(typ, r, n_out, n_in, lv) for r in raws] for lv in levels}
     flat = [r.reshape(-1).view(np.uint64) for r in raws]
     y = np.empty((1, n_out), np.float32)
-    calls = {"generic": lambda: [L._MV[typ](*p, *qa, y) for p in gen], "read": lambda: [_sum(f) for f in flat]}
+    calls = {"generic": lambda: [L._MV[typ](*p, *qa, y) for p in gen], "read": lambda: [read_sum(f) for f in flat]}
     for lv in levels:
         act, tok = mod.prep(typ, lv, *qa[:3]), simd.token(lv)
         calls[lv] = (lambda act=act, tok=tok, lv=lv: [mod.MV[typ](tok, *p, *act, y) for p in packs[lv]])

@@ -25,23 +25,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numba as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import read_sum  # noqa: E402
 
 from llamacpy import model as M  # noqa: E402
 from llamacpy.kernels import kquants_simd, legacy_simd, linear, ops, q8  # noqa: E402
 
 ns = time.perf_counter_ns
-
-
-@nb.njit(fastmath=True, parallel=True, cache=True)
-def _sum(a):
-    t = 0
-    for i in nb.prange(a.shape[0]):
-        t += a[i]
-    return t
 
 
 class Prof:
@@ -148,7 +141,7 @@ def read_bw(weights):
         for k, arrs in flat:
             t0 = ns()
             for a in arrs:
-                _sum(a)
+                read_sum(a)
             t[k] += ns() - t0
             b[k] += sum(a.nbytes for a in arrs)
     return {k: b[k] / t[k] for k in t}
